@@ -1,0 +1,1 @@
+"""Cost-performance models and the replica/variant optimiser: pure code, no I/O, no clock."""
