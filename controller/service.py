@@ -1,0 +1,344 @@
+"""The reconcile loop: read -> forecast -> decide -> actuate -> record, one variant at a time.
+
+A thin shell: the math lives in `models.decide` and `forecaster`; this module only moves data
+between the edges (a `MetricsSource`, a `ScaleTarget`) and keeps the record. Every pass ends in
+a logged, counted `DecisionRecord`, including the passes that failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from controller.config import Config, VariantConfig
+from controller.metrics import ForescaleMetrics
+from controller.protocols import (
+    LiveSignals,
+    MetricsSource,
+    PermanentError,
+    ScaleTarget,
+    TemporaryError,
+)
+from controller.reactive import AccuracyTracker, ReactiveTargets, reactive_floor
+from controller.training import ServedModel, TrainingReport, config_fingerprint, train_models
+from forecaster.base import Forecast, History
+from models.decide import Decision, DemandForecast, ScalingPolicy, ScalingState, decide
+
+log = logging.getLogger("forescale.loop")
+
+DECISION_LOG_SIZE = 500
+STATE_WINDOW_S = 3600.0
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One reconcile of one variant, with everything needed to explain it afterwards."""
+
+    ts: float
+    variant: str
+    outcome: str  # scaled | held | dry-run | metric | follower | failed
+    current: int | None
+    desired: int | None
+    predictive: int | None
+    reactive: int | None
+    reactive_why: str
+    demand: float | None
+    model: str | None
+    mode: str
+    state: str
+    reasons: tuple[dict[str, Any], ...]
+    message: str
+    live: dict[str, float | int | None] = field(default_factory=dict)
+
+
+@dataclass
+class VariantRuntime:
+    config: VariantConfig
+    model: ServedModel | None = None
+    scaling: ScalingState | None = None
+    accuracy: AccuracyTracker = field(default_factory=AccuracyTracker)
+    last: DecisionRecord | None = None
+    last_decision: Decision | None = None
+    log: deque[DecisionRecord] = field(default_factory=lambda: deque(maxlen=DECISION_LOG_SIZE))
+
+    @property
+    def state(self) -> str:
+        if self.model is None:
+            return "warming-up"
+        return "reactive-fallback" if self.accuracy.fallback_active else "predictive"
+
+
+class Service:
+    """Holds the per-variant runtime and runs retrain and reconcile passes."""
+
+    def __init__(self, config: Config, source: MetricsSource, targets: dict[str, ScaleTarget],
+                 clock: Callable[[], float] = time.time,
+                 metrics: ForescaleMetrics | None = None,
+                 is_leader: Callable[[], bool] = lambda: True) -> None:
+        self.config = config
+        self.source = source
+        self.targets = targets
+        self.clock = clock
+        self.metrics = metrics or ForescaleMetrics()
+        self.is_leader = is_leader
+        #: Credit line for plots of the data source (a trace's licence), if any.
+        self.attribution = ""
+        self.fingerprint = config_fingerprint(config)
+        self.variants = {v.name: VariantRuntime(v) for v in config.variants}
+        self.generation = 0
+        self.last_training: TrainingReport | None = None
+        self._train_lock = threading.Lock()
+        self._forecast_cache: dict[tuple[Any, ...], Forecast] = {}
+
+    # ------------------------------------------------------------------ training
+    def horizon_steps(self, v: VariantConfig) -> int:
+        """Steps to forecast: the configured horizon, at least one cold start plus a window."""
+        step = self.config.prometheus.step_s
+        need = max(self.config.forecast.horizon_s,
+                   v.profile.cold_start_s + 2 * self.config.schedules.reconcile_interval_s + step)
+        return max(1, math.ceil(need / step))
+
+    def retrain(self, names: Sequence[str] | None = None) -> TrainingReport:
+        """Fit models for the variants (all by default); failures fall back, never raise."""
+        if not self._train_lock.acquire(blocking=False):
+            raise TemporaryError("a retrain is already running")
+        try:
+            now = self.clock()
+            step = self.config.prometheus.step_s
+            start = now - self.config.prometheus.history_days * 86_400
+            histories: dict[str, History] = {}
+            for name in names or list(self.variants):
+                try:
+                    histories[name] = self.source.history(name, start, now, step)
+                except (TemporaryError, PermanentError) as exc:
+                    log.warning("retrain %s: cannot read history: %s", name, exc)
+                    self.metrics.training_failures.labels(name).inc()
+            t0 = time.perf_counter()
+            report = train_models(histories, {n: self.horizon_steps(self.variants[n].config)
+                                              for n in histories},
+                                  self.config.forecast, self.fingerprint,
+                                  budget_s=self.config.schedules.retrain_budget_s)
+            self.metrics.training_duration.observe(time.perf_counter() - t0)
+            for name, model in report.models.items():
+                self.variants[name].model = model
+                self.metrics.record_model(name, model.model_name)
+            for name in report.failed:
+                self.metrics.training_failures.labels(name).inc()
+            self.generation += 1
+            self._forecast_cache.clear()
+            self.last_training = report
+            self.metrics.ready.set(1 if self.ready() else 0)
+            return report
+        finally:
+            self._train_lock.release()
+
+    def ready(self) -> bool:
+        return all(rt.model is not None for rt in self.variants.values())
+
+    # ------------------------------------------------------------------ forecasting
+    def forecast(self, name: str, horizon: int | None = None,
+                 quantiles: Sequence[float] | None = None, now: float | None = None) -> Forecast:
+        """The variant's forecast from the latest data; cached per training generation and
+        step, so API load never triggers training or repeated work."""
+        rt = self.variants[name]
+        if rt.model is None:
+            raise TemporaryError(f"variant {name!r} has no model yet (warming up)")
+        step = self.config.prometheus.step_s
+        now = self.clock() if now is None else now
+        issued = math.floor(now / step) * step
+        h = horizon or self.horizon_steps(rt.config)
+        qs = tuple(sorted(set(quantiles or self.config.forecast.quantiles)
+                          | {self.config.forecast.provisioning_quantile}))
+        key = (name, self.generation, issued, h, qs)
+        cached = self._forecast_cache.get(key)
+        if cached is not None:
+            return cached
+        tail = self.source.history(name, issued - rt.model.tail_s, issued, step)
+        fc = rt.model.forecast(tail, h, qs)
+        if len(self._forecast_cache) > 1024:
+            self._forecast_cache.clear()
+        self._forecast_cache[key] = fc
+        return fc
+
+    # ------------------------------------------------------------------ reconcile
+    def reconcile(self) -> list[DecisionRecord]:
+        t0 = time.perf_counter()
+        records = [self.reconcile_variant(name) for name in self.variants]
+        self.metrics.reconcile_duration.observe(time.perf_counter() - t0)
+        self.metrics.is_leader.set(1 if self.is_leader() else 0)
+        return records
+
+    def _policy(self, v: VariantConfig) -> ScalingPolicy:
+        b = v.behaviour
+        return ScalingPolicy(
+            min_replicas=v.min_replicas, max_replicas=v.max_replicas,
+            provisioning_quantile=self.config.forecast.provisioning_quantile,
+            target_utilisation=b.target_utilisation, tolerance=b.tolerance,
+            scale_up_pods=b.scale_up_pods, scale_up_period_s=b.scale_up_period_s,
+            scale_down_pods=b.scale_down_pods, scale_down_period_s=b.scale_down_period_s,
+            scale_down_stabilisation_s=b.scale_down_stabilisation_s)
+
+    def _live(self, name: str, now: float) -> LiveSignals | None:
+        try:
+            live = self.source.live(name, now)
+        except (TemporaryError, PermanentError) as exc:
+            log.warning("reconcile %s: live signals unavailable: %s", name, exc)
+            self.metrics.reconcile_errors.labels(name, "live-signals").inc()
+            return None
+        if live.request_rate is not None:
+            self.metrics.actual.labels(name).set(live.request_rate)
+        return live
+
+    def _demand(self, name: str, rt: VariantRuntime, now: float,
+                live: LiveSignals | None) -> tuple[DemandForecast | None, str]:
+        """The forecast as decide() wants it, or None with the reason it is unusable."""
+        if rt.model is None:
+            return None, "warming up: no model yet"
+        try:
+            fc = self.forecast(name, now=now)
+        except (TemporaryError, PermanentError) as exc:
+            self.metrics.reconcile_errors.labels(name, "forecast").inc()
+            return None, f"forecast unavailable: {exc}"
+        pq = self.config.forecast.provisioning_quantile
+        values = fc.at(pq)
+        if not np.isfinite(values).all():
+            self.metrics.reconcile_errors.labels(name, "forecast-nan").inc()
+            return None, f"forecast from {fc.model} has NaN/Inf: ignored"
+        self._track_accuracy(name, rt, fc, live)
+        for q in self.config.forecast.quantiles:
+            self.metrics.forecast.labels(name, str(q)).set(float(fc.at(q)[0]))
+        if rt.accuracy.fallback_active and live is not None and live.request_rate is not None:
+            flat = np.full(values.shape, live.request_rate)
+            return DemandForecast(fc.issued_at, fc.step_s, {pq: flat}), \
+                "reactive fallback: forecast worse than the naive baseline recently"
+        return DemandForecast(fc.issued_at, fc.step_s, {pq: values}), f"model {fc.model}"
+
+    def _track_accuracy(self, name: str, rt: VariantRuntime, fc: Forecast,
+                        live: LiveSignals | None) -> None:
+        pq = self.config.forecast.provisioning_quantile
+        last_actual = live.request_rate if live is not None else None
+        if last_actual is not None:
+            rt.accuracy.expect(fc.issued_at, float(fc.at(0.5)[0]) if 0.5 in fc.quantiles
+                               else float(fc.at(pq)[0]), float(fc.at(pq)[0]), last_actual)
+            # The live rate is the window just completed, which began one step ago.
+            if rt.accuracy.observe(fc.issued_at - fc.step_s, last_actual):
+                self.metrics.forecast_miss.labels(name).inc()
+        self.metrics.forecast_error.labels(name).set(rt.accuracy.error_ratio)
+        self.metrics.fallback_active.labels(name).set(int(rt.accuracy.fallback_active))
+
+    def reconcile_variant(self, name: str) -> DecisionRecord:
+        rt = self.variants[name]
+        v = rt.config
+        now = self.clock()
+        mode = self.config.mode_of(v).value
+        target = self.targets[name]
+        live = self._live(name, now)
+        try:
+            current = target.current_replicas(name)
+        except (TemporaryError, PermanentError) as exc:
+            return self._record(rt, now, "failed", mode, None, None, None, None, "",
+                                None, (), f"cannot read current replicas: {exc}; holding",
+                                live, kind="read-replicas")
+        cap = v.profile.capacity_rps or 1.0
+        floor, why = reactive_floor(live, current, ReactiveTargets(
+            capacity_rps=cap, target_utilisation=v.behaviour.target_utilisation,
+            queue_per_replica=v.targets.queue_per_replica,
+            kv_cache_usage=v.targets.kv_cache_usage, ttft_slo_s=v.slo.ttft_p95_s))
+        demand, demand_why = self._demand(name, rt, now, live)
+        state = self._scaling_state(rt, current, now)
+        decision = decide(demand, cap, v.profile.cold_start_s, self._policy(v), state, now,
+                          reactive_floor=floor)
+        predictive = decide(demand, cap, v.profile.cold_start_s, self._policy(v), state, now,
+                            reactive_floor=None).replicas if demand is not None else None
+        if floor is not None and predictive is not None and floor > predictive:
+            self.metrics.reactive_override.labels(name).inc()
+        outcome, message = self._actuate(name, target, decision, mode)
+        rt.last_decision = decision
+        rt.scaling = ScalingState(
+            current_replicas=decision.replicas,
+            recommendations=(*state.recommendations, (now, decision.replicas)),
+            scale_events=state.scale_events + (((now, current, decision.replicas),)
+                                               if outcome == "scaled" else ()))
+        self._export(name, v, decision, predictive, floor, current)
+        return self._record(rt, now, outcome, mode, current, decision.replicas, predictive,
+                            floor, why, decision.demand,
+                            tuple({"code": r.code, "message": r.message, "from": r.before,
+                                   "to": r.after} for r in decision.reasons),
+                            f"{demand_why}; {message}", live,
+                            kind="actuate" if outcome == "failed" else None)
+
+    def _scaling_state(self, rt: VariantRuntime, current: int, now: float) -> ScalingState:
+        prev = rt.scaling
+        if prev is None:
+            return ScalingState(current_replicas=current)
+        horizon = now - STATE_WINDOW_S
+        return ScalingState(
+            current_replicas=current,
+            recommendations=tuple(r for r in prev.recommendations if r[0] >= horizon),
+            scale_events=tuple(e for e in prev.scale_events if e[0] >= horizon))
+
+    def _actuate(self, name: str, target: ScaleTarget, decision: Decision,
+                 mode: str) -> tuple[str, str]:
+        if not self.is_leader():
+            return "follower", "not the leader: decision recorded, not applied"
+        if not decision.changed and mode != "metric":
+            return "held", "no change"
+        try:
+            result = target.apply(name, decision.replicas, decision.reason_codes())
+        except (TemporaryError, PermanentError) as exc:
+            log.error("scale %s to %d failed: %s", name, decision.replicas, exc)
+            return "failed", f"actuation failed ({type(exc).__name__}): {exc}; will retry"
+        if mode == "dry-run":
+            return "dry-run", result.message
+        if mode == "metric":
+            return "metric", result.message
+        return ("scaled" if result.changed else "held"), result.message
+
+    def _export(self, name: str, v: VariantConfig, d: Decision, predictive: int | None,
+                floor: int | None, current: int) -> None:
+        m = self.metrics
+        m.desired.labels(name).set(d.replicas)
+        m.current.labels(name).set(current)
+        if predictive is not None:
+            m.predictive.labels(name).set(predictive)
+        if floor is not None:
+            m.reactive.labels(name).set(floor)
+        m.record_reasons(name, d.reason_codes())
+        m.provisioning_quantile.labels(name).set(self.config.forecast.provisioning_quantile)
+        m.cost_per_hour.labels(name).set(d.replicas * v.profile.cost_per_replica_hour)
+        m.gpus.labels(name, v.profile.gpu_type).set(d.replicas * v.profile.gpus_per_replica)
+        cap_total = d.replicas * d.capacity_per_replica
+        unserved = max(0.0, d.demand - cap_total) if math.isfinite(d.demand) else 0.0
+        m.unserved.labels(name).set(unserved)
+
+    def _record(self, rt: VariantRuntime, now: float, outcome: str, mode: str,
+                current: int | None, desired: int | None, predictive: int | None,
+                reactive: int | None, reactive_why: str, demand: float | None,
+                reasons: tuple[dict[str, Any], ...], message: str,
+                live: LiveSignals | None, kind: str | None = None) -> DecisionRecord:
+        rec = DecisionRecord(
+            ts=now, variant=rt.config.name, outcome=outcome, current=current, desired=desired,
+            predictive=predictive, reactive=reactive, reactive_why=reactive_why,
+            demand=demand if demand is not None and math.isfinite(demand) else None,
+            model=rt.model.model_name if rt.model else None, mode=mode, state=rt.state,
+            reasons=reasons, message=message,
+            live={} if live is None else {k: getattr(live, k) for k in (
+                "request_rate", "queue_depth", "running", "kv_cache_usage", "ttft_p95_s",
+                "ready_replicas")})
+        rt.log.append(rec)
+        rt.last = rec
+        self.metrics.decisions.labels(rt.config.name, outcome).inc()
+        if kind is not None:
+            self.metrics.reconcile_errors.labels(rt.config.name, kind).inc()
+        level = logging.WARNING if outcome == "failed" else logging.INFO
+        log.log(level, "decision %s: %s current=%s desired=%s reasons=%s (%s)", rt.config.name,
+                outcome, current, desired, ",".join(r["code"] for r in reasons) or "-", message)
+        return rec

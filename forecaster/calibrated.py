@@ -1,0 +1,278 @@
+"""Point models with quantiles from honest, held-out errors (split-conformal per lead time).
+
+Every model here is a *point path function* with parameters: given the samples up to an
+origin it returns the expected load for steps 1..H. Parameters are fitted on the older part
+of the history; the newest part is a holdout on which the paths are replayed origin by
+origin, and the errors (relative to the load scale at the origin) become the quantiles.
+
+Why this shape:
+- Holdout errors are out of sample, so the p90 is not flattered by overfitting.
+- The same holdout gives every candidate a score on identical origins, so model selection
+  (`forecaster.selection`) compares like with like, baselines included.
+- A fitted model keeps only a bounded buffer of recent samples; `update` merges newer
+  samples into it without refitting, which is what a service forecasting every 30 s needs.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Self
+
+import numpy as np
+
+from forecaster.base import (
+    FloatArray,
+    History,
+    NotEnoughHistoryError,
+    check_horizon,
+    check_quantiles,
+    monotone_quantiles,
+)
+from forecaster.prep import DEFAULT_MAX_GAP, fill_short_gaps, merge_tail, trailing_scale
+
+IntArray = np.ndarray[tuple[int], np.dtype[np.int64]]
+
+#: Share of the history held out for calibration and scoring (bounded below and above).
+HOLDOUT_FRACTION = 0.2
+#: At most this many holdout origins are replayed (the most recent ones).
+MAX_HOLDOUT_ORIGINS = 1500
+#: Of the holdout origins, the first part calibrates and the rest scores, for honest scores.
+SCORE_SPLIT = 0.6
+
+
+def pinball(y: FloatArray, pred: FloatArray, q: float) -> float:
+    """Mean pinball (quantile) loss of `pred` as the `q` quantile of `y`, ignoring NaN."""
+    diff = y - pred
+    loss = np.maximum(q * diff, (q - 1.0) * diff)
+    ok = np.isfinite(loss)
+    return float(loss[ok].mean()) if ok.any() else math.nan
+
+
+@dataclass(frozen=True)
+class HoldoutScores:
+    """Out-of-sample scores of one model on the holdout origins, in the series' units."""
+
+    mae: float
+    pinball: float  # at the provisioning quantile
+    coverage: float  # share of outcomes <= the provisioning quantile forecast
+    quantile: float
+    n_origins: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {"mae": self.mae, f"pinball_p{round(self.quantile * 100)}": self.pinball,
+                "coverage": self.coverage, "n_origins": float(self.n_origins)}
+
+
+@dataclass
+class _Calibration:
+    rel_errors: FloatArray = field(default_factory=lambda: np.zeros((0, 1)))
+
+
+def holdout_origins(n: int, horizon: int) -> tuple[int, IntArray]:
+    """The fit/holdout split point and the holdout origins for a series of length `n`.
+
+    Depends only on `n` and `horizon`, so every candidate is scored on the same origins.
+    An origin `o` forecasts samples `o+1..o+horizon` from samples `0..o`.
+    """
+    n_hold = int(np.clip(round(n * HOLDOUT_FRACTION), horizon + 10, horizon + MAX_HOLDOUT_ORIGINS))
+    split = n - n_hold
+    origins = np.arange(split - 1, n - horizon - 1 + 1, dtype=np.int64)
+    origins = origins[origins + horizon < n]
+    return split, origins
+
+
+def future_matrix(y: FloatArray, origins: IntArray, horizon: int) -> FloatArray:
+    """`out[i, k] = y[origins[i] + 1 + k]` (NaN beyond the end)."""
+    idx = origins[:, None] + 1 + np.arange(horizon)[None, :]
+    padded = np.concatenate((y, np.full(horizon + 1, np.nan)))
+    return np.asarray(padded[idx], dtype=np.float64)
+
+
+class PointForecaster(ABC):
+    """Base class: subclasses implement `_fit_params` and `_paths`; quantiles come from here.
+
+    `horizon` is the longest lead calibrated; a longer `predict` reuses the last lead's
+    errors (a wider band would be more honest, but the service never asks past it).
+    """
+
+    name: str = "point"
+    #: Samples a model needs before the holdout (checked with a clear message).
+    min_fit: int = 2
+
+    def __init__(self, horizon: int = 30, provisioning_quantile: float = 0.9,
+                 max_gap: int = DEFAULT_MAX_GAP) -> None:
+        self.horizon = check_horizon(horizon)
+        self.provisioning_quantile = check_quantiles([provisioning_quantile])[0]
+        self.max_gap = max_gap
+        self._cal = _Calibration()
+        self._y: FloatArray | None = None
+        self._start = 0.0
+        self._step_s = 1
+        self.scores: HoldoutScores | None = None
+        self.trained_from = 0.0
+        self.trained_to = 0.0
+
+    # ---- what subclasses provide -------------------------------------------------------
+    @abstractmethod
+    def _fit_params(self, y: FloatArray, start: float, step_s: int) -> None:
+        """Fit parameters on `y` (gaps already bridged; long gaps NaN)."""
+
+    @abstractmethod
+    def _paths(self, y: FloatArray, start: float, step_s: int, origins: IntArray,
+               horizon: int) -> FloatArray:
+        """Point paths `(len(origins), horizon)`; row i may only use `y[:origins[i] + 1]`."""
+
+    def lookback(self) -> int:
+        """Samples of recent history `predict` needs (the buffer kept after fit)."""
+        return 2048
+
+    # ---- the shared machinery ----------------------------------------------------------
+    def fit(self, history: History) -> Self:
+        """Fit on the older part, calibrate and score on the holdout, keep a buffer."""
+        y = fill_short_gaps(history.values, self.max_gap)
+        n = y.shape[0]
+        split, origins = holdout_origins(n, self.horizon)
+        n_fit_valid = int(np.isfinite(y[:max(split, 0)]).sum())
+        need = self.min_fit
+        if split < need or n_fit_valid < need or origins.size < 5:
+            raise NotEnoughHistoryError(self.name, int(np.isfinite(y).sum()),
+                                        need + self.horizon + 10)
+        self._step_s = history.step_s
+        self._fit_params(y[:split], history.start, history.step_s)
+        paths = self._paths(y, history.start, history.step_s, origins, self.horizon)
+        if not np.isfinite(paths).any():
+            raise ValueError(f"{self.name}: model produced no finite forecast on the holdout")
+        actual = future_matrix(y, origins, self.horizon)
+        scale = trailing_scale(y)[origins][:, None]
+        rel = (actual - paths) / scale
+        self._cal = _Calibration(rel)
+        self.scores = self._score(actual, paths, scale, rel)
+        self._y = y[-self.lookback():].copy()
+        self._start = history.start + (n - self._y.shape[0]) * history.step_s
+        self.trained_from, self.trained_to = history.start, history.end
+        return self
+
+    def _score(self, actual: FloatArray, paths: FloatArray, scale: FloatArray,
+               rel: FloatArray) -> HoldoutScores:
+        q = self.provisioning_quantile
+        cut = max(1, int(rel.shape[0] * SCORE_SPLIT))
+        offs = _nanquantile_cols(rel[:cut], q)
+        upper = paths[cut:] + scale[cut:] * offs[None, :]
+        ok = np.isfinite(actual[cut:]) & np.isfinite(upper)
+        cover = float((actual[cut:][ok] <= upper[ok]).mean()) if ok.any() else math.nan
+        err = np.abs(actual - paths)
+        mae = float(np.nanmean(err)) if np.isfinite(err).any() else math.nan
+        return HoldoutScores(mae, pinball(actual[cut:], upper, q), cover, q, rel.shape[0])
+
+    def update(self, history: History) -> Self:
+        """Merge newer samples into the buffer without refitting (cheap; see module doc)."""
+        if self._y is None:
+            raise RuntimeError(f"{self.name}: call fit before update")
+        vals = fill_short_gaps(history.values, self.max_gap)
+        tail = History(history.variant, history.start, history.step_s, vals)
+        self._y, self._start = merge_tail(self._y, self._start, self._step_s, tail,
+                                          self.lookback())
+        return self
+
+    def point(self, horizon: int) -> FloatArray:
+        """The point path for steps 1..horizon after the newest buffered sample."""
+        if self._y is None:
+            raise RuntimeError(f"{self.name}: call fit before predict")
+        y = self._y
+        origin = np.array([y.shape[0] - 1], dtype=np.int64)
+        return np.asarray(self._paths(y, self._start, self._step_s, origin, horizon)[0])
+
+    def predict(self, horizon: int, quantiles: Sequence[float]) -> dict[float, FloatArray]:
+        """Quantile paths: point + current scale x per-lead quantile of relative errors."""
+        h = check_horizon(horizon)
+        qs = check_quantiles(quantiles)
+        if self._y is None:
+            raise RuntimeError(f"{self.name}: call fit before predict")
+        point = self.point(h)
+        if not np.isfinite(point).all():
+            last = self._y[np.isfinite(self._y)]
+            point = np.where(np.isfinite(point), point, last[-1] if last.size else np.nan)
+        scale = float(trailing_scale(self._y[-64:])[-1])
+        rel = self._cal.rel_errors
+        lead = np.minimum(np.arange(h), rel.shape[1] - 1)
+        out: dict[float, FloatArray] = {}
+        for q in qs:
+            offs = _nanquantile_cols(rel, q)
+            out[q] = point + scale * offs[lead]
+        return monotone_quantiles(out)
+
+
+def _nanquantile_cols(rel: FloatArray, q: float) -> FloatArray:
+    """Per-column quantile ignoring NaN; columns with no data get 0 (no adjustment)."""
+    if rel.shape[0] == 0:
+        return np.zeros(rel.shape[1])
+    ok = np.isfinite(rel)
+    filled = np.where(ok, rel, np.nan)
+    counts = ok.sum(axis=0)
+    out = np.zeros(rel.shape[1])
+    cols = counts > 0
+    if cols.any():
+        out[cols] = np.nanquantile(filled[:, cols], q, axis=0)
+    return out
+
+
+def last_finite_index(y: FloatArray) -> IntArray:
+    """`out[i]` = index of the newest finite sample at or before i (-1 if none)."""
+    idx = np.where(np.isfinite(y), np.arange(y.shape[0]), -1)
+    return np.asarray(np.maximum.accumulate(idx), dtype=np.int64)
+
+
+def last_finite_values(y: FloatArray) -> FloatArray:
+    """Forward-filled values: the newest finite sample at or before each index (NaN if none)."""
+    li = last_finite_index(y)
+    out = np.where(li >= 0, y[np.maximum(li, 0)], np.nan)
+    return np.asarray(out, dtype=np.float64)
+
+
+class NaivePoint(PointForecaster):
+    """The last observed value, calibrated like every other candidate (a baseline)."""
+
+    name = "naive"
+    min_fit = 1
+
+    def _fit_params(self, y: FloatArray, start: float, step_s: int) -> None:
+        del y, start, step_s
+
+    def lookback(self) -> int:
+        return 64
+
+    def _paths(self, y: FloatArray, start: float, step_s: int, origins: IntArray,
+               horizon: int) -> FloatArray:
+        last = last_finite_values(y)[origins]
+        return np.repeat(last[:, None], horizon, axis=1)
+
+
+class SeasonalNaivePoint(PointForecaster):
+    """The value one season ago (falls back to the last value where that is missing)."""
+
+    def __init__(self, period_s: int, name: str, horizon: int = 30,
+                 provisioning_quantile: float = 0.9, max_gap: int = DEFAULT_MAX_GAP) -> None:
+        super().__init__(horizon, provisioning_quantile, max_gap)
+        self.period_s = period_s
+        self.name = name
+        self._period = 1
+
+    def _fit_params(self, y: FloatArray, start: float, step_s: int) -> None:
+        self._period = max(1, round(self.period_s / step_s))
+        if y.shape[0] < self._period + 1:
+            raise NotEnoughHistoryError(self.name, y.shape[0], self._period + 1)
+
+    def lookback(self) -> int:
+        return self._period + 64
+
+    def _paths(self, y: FloatArray, start: float, step_s: int, origins: IntArray,
+               horizon: int) -> FloatArray:
+        p = self._period
+        k = np.arange(1, horizon + 1)
+        idx = origins[:, None] + k[None, :] - p * ((k[None, :] - 1) // p + 1)
+        vals = np.where(idx >= 0, y[np.maximum(idx, 0)], np.nan)
+        last = last_finite_values(y)[origins][:, None]
+        return np.asarray(np.where(np.isfinite(vals), vals, last), dtype=np.float64)

@@ -1,0 +1,189 @@
+"""LightGBM direct multi-horizon forecaster, per variant or global across a fleet.
+
+Features at origin `o` use samples `0..o` only (see `build_features`; a property test
+perturbs the future and checks nothing changes). Everything is divided by the trailing load
+scale at the origin, so the target is "load at o+h relative to now": one model then serves
+variants of any size, which is what makes the global model (`fit_many`) work, and a variant
+that doubles its traffic does not leave the training distribution.
+
+Direct multi-horizon: the lead `h` is a feature and the model is trained on a few sampled
+leads (1, 2, 3, 6, ... up to H), so one booster serves every lead without recursion.
+Quantiles come from `PointForecaster`'s held-out relative errors (conformal), not from
+quantile objectives: one booster per level would multiply training cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from forecaster.base import FloatArray, History, NotEnoughHistoryError
+from forecaster.calibrated import IntArray, PointForecaster, holdout_origins
+from forecaster.prep import DEFAULT_MAX_GAP, fill_short_gaps, steps_per, trailing_scale
+
+DAY_S = 86_400
+LAGS = 12
+ROLL_WINDOWS = (3, 12, 48)
+#: Training origins per series (the most recent; older ones are strided out).
+MAX_TRAIN_ORIGINS = 3000
+LGB_PARAMS: dict[str, Any] = {
+    "objective": "l2", "learning_rate": 0.08, "num_leaves": 15, "min_data_in_leaf": 40,
+    "feature_fraction": 0.9, "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
+    "num_threads": 1, "verbose": -1, "seed": 7, "deterministic": True,
+}
+NUM_ROUNDS = 80
+
+
+def train_leads(horizon: int) -> IntArray:
+    """The leads the booster is trained on: dense at the start, sparse further out."""
+    leads = np.unique(np.round(np.geomspace(1, horizon, num=min(horizon, 6))).astype(np.int64))
+    return np.asarray(leads, dtype=np.int64)
+
+
+def build_features(y: FloatArray, start: float, step_s: int, origins: IntArray,
+                   leads: IntArray) -> FloatArray:
+    """Feature rows for every (origin, lead) pair, origin-major; no sample after `o` is read.
+
+    Columns: lead; LAGS lags; trailing means over ROLL_WINDOWS; trailing std; value one day
+    before the target (only when that is in the past); hour-of-day and day-of-week of the
+    target; log of the current scale relative to the series' own trailing day mean.
+    All load columns are relative to the trailing scale at the origin.
+    """
+    n = y.shape[0]
+    scale = trailing_scale(y)
+    s = pd.Series(y)
+    n_o, n_l = origins.shape[0], leads.shape[0]
+    cols: list[FloatArray] = []
+
+    def at_origin(arr: FloatArray) -> FloatArray:
+        v = arr[origins] / scale[origins]
+        return np.repeat(v, n_l)
+
+    lag_idx = origins[:, None] - np.arange(LAGS)[None, :]
+    lag_vals = np.where(lag_idx >= 0, y[np.maximum(lag_idx, 0)], np.nan)
+    lag_vals = lag_vals / scale[origins][:, None]
+    rolls = [s.rolling(w, min_periods=1).mean().to_numpy() for w in ROLL_WINDOWS]
+    std = s.rolling(12, min_periods=2).std().to_numpy()
+    p_day = steps_per(DAY_S, step_s)
+    day_mean = s.rolling(p_day, min_periods=1).mean().to_numpy()
+
+    cols.append(np.tile(leads.astype(np.float64), n_o))
+    cols.extend(np.repeat(lag_vals[:, j], n_l) for j in range(LAGS))
+    cols.extend(at_origin(r) for r in rolls)
+    cols.append(at_origin(std))
+    o_rep = np.repeat(origins, n_l)
+    l_rep = np.tile(leads, n_o)
+    target = o_rep + l_rep
+    day_idx = target - p_day
+    ok = (day_idx >= 0) & (day_idx <= o_rep) & (day_idx < n)
+    day_ago = np.where(ok, y[np.clip(day_idx, 0, n - 1)], np.nan) / scale[o_rep]
+    cols.append(day_ago)
+    t = start + step_s * target.astype(np.float64)
+    hour = (t % DAY_S) / DAY_S * 2 * np.pi
+    cols.extend((np.sin(hour), np.cos(hour)))
+    cols.append(np.floor(t / DAY_S + 3) % 7)  # 1970-01-01 was a Thursday: 0 = Monday
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cols.append(np.log(scale[o_rep] / np.maximum(day_mean[o_rep], 1e-9)))
+    return np.column_stack(cols).astype(np.float64)
+
+
+def _train_origins(y: FloatArray, horizon: int) -> IntArray:
+    """Origins whose targets lie inside `y` and whose current value is known."""
+    n = y.shape[0]
+    origins = np.arange(LAGS, n - 1, dtype=np.int64)
+    origins = origins[np.isfinite(y[origins])]
+    if origins.shape[0] > MAX_TRAIN_ORIGINS:
+        stride = int(np.ceil(origins.shape[0] / MAX_TRAIN_ORIGINS))
+        origins = origins[::-1][::stride][::-1]
+    return origins
+
+
+def training_rows(y: FloatArray, start: float, step_s: int,
+                  horizon: int) -> tuple[FloatArray, FloatArray]:
+    """(features, relative targets) for one series; rows with unknown targets are dropped."""
+    leads = train_leads(horizon)
+    origins = _train_origins(y, horizon)
+    x = build_features(y, start, step_s, origins, leads)
+    target_idx = np.repeat(origins, leads.shape[0]) + np.tile(leads, origins.shape[0])
+    scale = trailing_scale(y)[np.repeat(origins, leads.shape[0])]
+    padded = np.concatenate((y, np.full(horizon + 1, np.nan)))
+    tgt = padded[target_idx] / scale
+    ok = np.isfinite(tgt)
+    return x[ok], tgt[ok]
+
+
+def _train(x: FloatArray, t: FloatArray) -> Any:
+    import lightgbm as lgb
+
+    ds = lgb.Dataset(x, label=t, params={"verbose": -1})
+    return lgb.train(LGB_PARAMS, ds, num_boost_round=NUM_ROUNDS)
+
+
+class LGBMForecaster(PointForecaster):
+    """Direct multi-horizon LightGBM on relative features (see module doc)."""
+
+    name = "lgbm"
+    min_fit = 200
+
+    def __init__(self, horizon: int = 30, provisioning_quantile: float = 0.9,
+                 max_gap: int = DEFAULT_MAX_GAP, booster: Any = None) -> None:
+        super().__init__(horizon, provisioning_quantile, max_gap)
+        self._booster = booster
+        self._shared = booster is not None
+        if self._shared:
+            self.name = "lgbm_global"
+        self._p_day = 144
+
+    def lookback(self) -> int:
+        return max(self._p_day + 64, 128)
+
+    def _fit_params(self, y: FloatArray, start: float, step_s: int) -> None:
+        self._p_day = steps_per(DAY_S, step_s)
+        if self._shared:
+            return
+        x, t = training_rows(y, start, step_s, self.horizon)
+        if t.shape[0] < self.min_fit:
+            raise NotEnoughHistoryError(self.name, t.shape[0], self.min_fit)
+        self._booster = _train(x, t)
+
+    def _paths(self, y: FloatArray, start: float, step_s: int, origins: IntArray,
+               horizon: int) -> FloatArray:
+        leads = np.arange(1, horizon + 1, dtype=np.int64)
+        x = build_features(y, start, step_s, origins, leads)
+        rel = np.asarray(self._booster.predict(x, num_threads=1), dtype=np.float64)
+        scale = trailing_scale(y)[origins]
+        return rel.reshape(origins.shape[0], horizon) * scale[:, None]
+
+
+def fit_many(histories: Mapping[str, History], horizon: int = 30,
+             provisioning_quantile: float = 0.9,
+             max_gap: int = DEFAULT_MAX_GAP) -> dict[str, LGBMForecaster]:
+    """One booster trained on every variant's fit window, calibrated per variant.
+
+    Rows are scale-free (see module doc), so pooling is fair to small variants; each
+    series contributes at most MAX_TRAIN_ORIGINS origins. Variants too short to contribute
+    or to calibrate are left out of the result (the caller falls back for them).
+    """
+    xs, ts = [], []
+    for h in histories.values():
+        y = fill_short_gaps(h.values, max_gap)
+        split, _ = holdout_origins(y.shape[0], horizon)
+        if split < LGBMForecaster.min_fit:
+            continue
+        x, t = training_rows(y[:split], h.start, h.step_s, horizon)
+        xs.append(x)
+        ts.append(t)
+    if not xs:
+        return {}
+    booster = _train(np.vstack(xs), np.concatenate(ts))
+    out: dict[str, LGBMForecaster] = {}
+    for name, h in histories.items():
+        try:
+            out[name] = LGBMForecaster(horizon, provisioning_quantile, max_gap,
+                                       booster=booster).fit(h)
+        except (NotEnoughHistoryError, ValueError):
+            continue
+    return out

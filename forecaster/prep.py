@@ -1,0 +1,114 @@
+"""Gap handling and history checks shared by every model.
+
+Real metrics have holes: a scrape that failed, a restarted exporter. A hole of a step or two
+is safely bridged by a straight line, but a long hole is *unknown* load: filling it with zero
+would teach a model that traffic vanished, and filling it with a line would invent a trend.
+So short gaps are interpolated and long gaps stay NaN; the models mask NaN themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from forecaster.base import FloatArray, History, NotEnoughHistoryError
+
+#: Gaps of at most this many consecutive missing steps are linearly interpolated.
+DEFAULT_MAX_GAP = 3
+
+
+def nan_runs(values: FloatArray) -> list[tuple[int, int]]:
+    """Half-open index ranges `[start, stop)` of consecutive NaN samples."""
+    isnan = np.isnan(values).astype(np.int8)
+    if not isnan.any():
+        return []
+    edges = np.diff(np.concatenate(([0], isnan, [0])))
+    starts = np.flatnonzero(edges == 1)
+    stops = np.flatnonzero(edges == -1)
+    return list(zip(starts.tolist(), stops.tolist(), strict=True))
+
+
+def fill_short_gaps(values: FloatArray, max_gap: int = DEFAULT_MAX_GAP) -> FloatArray:
+    """Linearly interpolate interior NaN runs of length <= `max_gap`; leave the rest NaN.
+
+    Leading and trailing runs are never filled: there is no value on one side to draw the
+    line to, and extrapolating the newest samples is the forecaster's job, not the cleaner's.
+    """
+    if max_gap < 0:
+        raise ValueError(f"max_gap must be >= 0 steps, got {max_gap!r}")
+    out = np.array(values, dtype=np.float64, copy=True)
+    n = out.shape[0]
+    for start, stop in nan_runs(out):
+        if start == 0 or stop == n or stop - start > max_gap:
+            continue
+        left, right = out[start - 1], out[stop]
+        frac = np.arange(1, stop - start + 1, dtype=np.float64) / (stop - start + 1)
+        out[start:stop] = left + (right - left) * frac
+    return out
+
+
+def prepare(history: History, max_gap: int = DEFAULT_MAX_GAP) -> History:
+    """The history with short gaps bridged (see `fill_short_gaps`)."""
+    return replace(history, values=fill_short_gaps(history.values, max_gap))
+
+
+def require_history(model: str, history: History, need: int) -> None:
+    """Raise `NotEnoughHistoryError` ("have N, need M") unless `need` valid samples exist."""
+    have = history.n_valid()
+    if have < need:
+        raise NotEnoughHistoryError(model, have, need)
+
+
+def steps_per(period_s: float, step_s: int) -> int:
+    """How many samples of `step_s` make up `period_s` (at least one)."""
+    return max(1, round(period_s / step_s))
+
+
+def trailing_scale(values: FloatArray, window: int = 6) -> FloatArray:
+    """Per-index robust load scale from data up to and including that index (no look-ahead).
+
+    Used to express errors and features relative to the current load, so one error
+    distribution serves the night and the peak, and one global model serves big and small
+    variants. Floored at a small fraction of the series' mean so idle periods do not divide
+    by zero.
+    """
+    import pandas as pd
+
+    s = pd.Series(values).rolling(window, min_periods=1).mean().ffill().to_numpy()
+    finite = values[np.isfinite(values)]
+    base = float(np.mean(np.abs(finite))) if finite.size else 1.0
+    floor = max(0.05 * base, 1e-6)
+    s = np.where(np.isfinite(s), s, floor)
+    return np.maximum(np.asarray(s, dtype=np.float64), floor)
+
+
+def merge_tail(values: FloatArray, start: float, step_s: int, tail: History,
+               keep: int) -> tuple[FloatArray, float]:
+    """Append (or overwrite with) a newer tail on the same grid; keep the last `keep` samples.
+
+    Returns the new values and their start time. A tail that does not sit on the grid, or
+    that leaves a hole after the stored data, is placed by index and the hole becomes NaN.
+    """
+    if tail.step_s != step_s:
+        raise ValueError(f"tail step {tail.step_s}s differs from the model's step {step_s}s")
+    offset = round((tail.start - start) / step_s)
+    if offset < 0:
+        # The tail starts before the stored data: take the tail's prefix as the new start.
+        pad = np.full(-offset, np.nan)
+        values = np.concatenate((pad, values))
+        start = start + offset * step_s
+        offset = 0
+    end = offset + len(tail)
+    if end > values.shape[0]:
+        values = np.concatenate((values, np.full(end - values.shape[0], np.nan)))
+    else:
+        values = values.copy()
+    fresh = tail.values
+    mask = np.isfinite(fresh)
+    values[offset:end][mask] = fresh[mask]
+    if values.shape[0] > keep:
+        cut = values.shape[0] - keep
+        values = values[cut:]
+        start = start + cut * step_s
+    return values, start
