@@ -158,27 +158,41 @@ class LGBMForecaster(PointForecaster):
         return rel.reshape(origins.shape[0], horizon) * scale[:, None]
 
 
-def fit_many(histories: Mapping[str, History], horizon: int = 30,
-             provisioning_quantile: float = 0.9,
-             max_gap: int = DEFAULT_MAX_GAP) -> dict[str, LGBMForecaster]:
-    """One booster trained on every variant's fit window, calibrated per variant.
+def fit_many_booster(histories: Mapping[str, History], horizon: int = 30,
+                     max_gap: int = DEFAULT_MAX_GAP, max_rows: int = 150_000) -> Any:
+    """One booster trained on every variant's fit window (the part before its holdout).
 
     Rows are scale-free (see module doc), so pooling is fair to small variants; each
-    series contributes at most MAX_TRAIN_ORIGINS origins. Variants too short to contribute
-    or to calibrate are left out of the result (the caller falls back for them).
+    series contributes an equal share of at most `max_rows` rows. Returns None when no
+    variant is long enough to contribute.
     """
     xs, ts = [], []
+    per_series = max(200, max_rows // max(1, len(histories)))
     for h in histories.values():
         y = fill_short_gaps(h.values, max_gap)
         split, _ = holdout_origins(y.shape[0], horizon)
         if split < LGBMForecaster.min_fit:
             continue
         x, t = training_rows(y[:split], h.start, h.step_s, horizon)
+        if t.shape[0] > per_series:
+            x, t = x[-per_series:], t[-per_series:]
         xs.append(x)
         ts.append(t)
     if not xs:
+        return None
+    return _train(np.vstack(xs), np.concatenate(ts))
+
+
+def fit_many(histories: Mapping[str, History], horizon: int = 30,
+             provisioning_quantile: float = 0.9,
+             max_gap: int = DEFAULT_MAX_GAP) -> dict[str, LGBMForecaster]:
+    """A global model across variants, calibrated per variant (see `fit_many_booster`).
+
+    Variants too short to calibrate are left out of the result (the caller falls back).
+    """
+    booster = fit_many_booster(histories, horizon, max_gap)
+    if booster is None:
         return {}
-    booster = _train(np.vstack(xs), np.concatenate(ts))
     out: dict[str, LGBMForecaster] = {}
     for name, h in histories.items():
         try:

@@ -92,7 +92,9 @@ class ResourceType:
 
 
 DEPLOYMENTS = ResourceType("apps", "v1", "deployments", "Deployment", True, frozenset({"scale"}))
-HPAS = ResourceType("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True)
+HPAS = ResourceType(
+    "autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True
+)
 LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease")
 EVENTS = ResourceType("events.k8s.io", "v1", "events", "Event")
 CORE_EVENTS = ResourceType("", "v1", "events", "Event")
@@ -184,7 +186,9 @@ class PolicyRule:
 ALLOW_ALL = (PolicyRule(("*",), ("*",), ("*",)),)
 
 
-def rule(verbs: str, group: str, resources: str, namespaces: Sequence[str] | None = None) -> PolicyRule:
+def rule(
+    verbs: str, group: str, resources: str, namespaces: Sequence[str] | None = None
+) -> PolicyRule:
     """Shorthand: `rule("get,patch", "apps", "deployments/scale", ["prod"])`."""
     return PolicyRule(
         tuple(verbs.split(",")),
@@ -378,8 +382,38 @@ def _parent(doc: Any, tokens: list[str]) -> tuple[Any, str]:
     return node, tokens[-1]
 
 
+def _test_failed(path: Any) -> ApiError:
+    return ApiError(422, "Invalid", f"json patch test operation failed at {path}")
+
+
+def _list_op(parent: list[Any], key: str, op: JSON) -> None:
+    kind, index = op["op"], len(parent) if key == "-" else int(key)
+    if kind == "add":
+        parent.insert(index, copy.deepcopy(op["value"]))
+    elif kind == "remove":
+        del parent[index]
+    elif kind == "replace":
+        parent[index] = copy.deepcopy(op["value"])
+    elif kind == "test" and parent[index] != op["value"]:
+        raise _test_failed(op["path"])
+
+
+def _object_op(parent: JSON, key: str, op: JSON) -> None:
+    kind = op["op"]
+    if kind in ("remove", "replace", "test") and key not in parent:
+        raise ApiError(422, "Invalid", f"json patch {kind} of missing path {op['path']}")
+    if kind in ("add", "replace"):
+        parent[key] = copy.deepcopy(op["value"])
+    elif kind == "remove":
+        del parent[key]
+    elif kind == "test" and parent[key] != op["value"]:
+        raise _test_failed(op["path"])
+
+
 def _json_patch_op(doc: Any, op: JSON) -> Any:
     kind, tokens = op.get("op"), _pointer(str(op.get("path", "")))
+    if kind not in ("add", "remove", "replace", "test", "move", "copy"):
+        raise bad_request(f"unknown JSON patch op {kind!r}")
     if not tokens:
         raise bad_request("the root document cannot be patched by this emulator")
     if kind in ("move", "copy"):
@@ -390,27 +424,9 @@ def _json_patch_op(doc: Any, op: JSON) -> Any:
         return _json_patch_op(doc, {"op": "add", "path": op["path"], "value": value})
     parent, key = _parent(doc, tokens)
     if isinstance(parent, list):
-        index = len(parent) if key == "-" else int(key)
-        if kind == "add":
-            parent.insert(index, copy.deepcopy(op["value"]))
-        elif kind == "remove":
-            del parent[index]
-        elif kind == "replace":
-            parent[index] = copy.deepcopy(op["value"])
-        elif kind == "test" and parent[index] != op["value"]:
-            raise ApiError(422, "Invalid", f"test operation failed at {op['path']}")
-        return doc
-    if kind in ("remove", "replace", "test") and key not in parent:
-        raise ApiError(422, "Invalid", f"the server rejected our request due to an error in "
-                                       f"our request: {kind} of missing path {op['path']}")
-    if kind in ("add", "replace"):
-        parent[key] = copy.deepcopy(op["value"])
-    elif kind == "remove":
-        del parent[key]
-    elif kind == "test" and parent[key] != op["value"]:
-        raise ApiError(422, "Invalid", f"test operation failed at {op['path']}")
-    elif kind not in ("add", "replace", "remove", "test"):
-        raise bad_request(f"unknown JSON patch op {kind!r}")
+        _list_op(parent, key, op)
+    else:
+        _object_op(parent, key, op)
     return doc
 
 
@@ -655,17 +671,25 @@ class K8sEmulator:
                                            tuple(rules))
         return token
 
-    def configuration(self, token: str | None = ADMIN_TOKEN) -> k8s_client.Configuration:
-        """A client Configuration pointing at this emulator, authenticating with `token`."""
-        cfg = k8s_client.Configuration(host=self.url)
+    def configuration(
+        self, token: str | None = ADMIN_TOKEN, retries: int | bool | None = None
+    ) -> k8s_client.Configuration:
+        """A client Configuration pointing at this emulator, authenticating with `token`.
+
+        `retries` is urllib3's: None keeps the client default (which retries idempotent
+        requests on connection errors and on 429/503 with Retry-After), False disables it.
+        """
+        cfg = k8s_client.Configuration(host=self.url, retries=retries)
         if token is not None:
             cfg.api_key = {"BearerToken": token}
             cfg.api_key_prefix = {"BearerToken": "Bearer"}
         return cfg
 
-    def api_client(self, token: str | None = ADMIN_TOKEN) -> k8s_client.ApiClient:
+    def api_client(
+        self, token: str | None = ADMIN_TOKEN, retries: int | bool | None = None
+    ) -> k8s_client.ApiClient:
         """An ApiClient for this emulator; `stop()` closes it, so tests need not."""
-        api = k8s_client.ApiClient(self.configuration(token))
+        api = k8s_client.ApiClient(self.configuration(token, retries))
         self._clients.append(api)
         return api
 
@@ -801,7 +825,8 @@ class K8sEmulator:
             meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
         name = meta.get("name")
         if not name:
-            raise invalid(rt, "", "metadata.name", "Required value: name or generateName is required")
+            raise invalid(rt, "", "metadata.name",
+                          "Required value: name or generateName is required")
         if meta.get("namespace", namespace) != namespace:
             raise bad_request("the namespace of the provided object does not match the "
                               "namespace sent on the request")
@@ -866,8 +891,6 @@ class K8sEmulator:
             obj["metadata"] = {**obj.get("metadata", {}), **keep, "name": name}
             if rt.tracks_generation and obj.get("spec") != current.get("spec"):
                 obj["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
-            if rt is not DEPLOYMENTS and "status" in current and rt.tracks_generation:
-                obj["status"] = current["status"]  # status is its own subresource
             self._settle(rt, obj, current)
             if obj == current:
                 return copy.deepcopy(current)
@@ -890,7 +913,9 @@ class K8sEmulator:
             },
         }
 
-    def update_scale(self, namespace: str, name: str, scale: JSON, base: JSON | None = None) -> JSON:
+    def update_scale(
+        self, namespace: str, name: str, scale: JSON, base: JSON | None = None
+    ) -> JSON:
         """Write a Scale back to its Deployment: only spec.replicas changes."""
         meta = scale.get("metadata") or {}
         if meta.get("name", name) != name:

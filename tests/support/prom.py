@@ -377,6 +377,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _duration(seconds: float) -> str:
+    """Prometheus durations take no fractions: 1.5 s is written "1500ms"."""
+    return f"{round(seconds * 1000)}ms"
+
+
 class PrometheusServer:
     """A throwaway Prometheus on 127.0.0.1, started on `start()`/`with`, stopped by PID.
 
@@ -422,9 +427,9 @@ class PrometheusServer:
     def config(self) -> dict[str, Any]:
         """The configuration written to `config_path` (rebuilt from the attributes)."""
         cfg: dict[str, Any] = {"global": {
-            "scrape_interval": f"{self.scrape_interval_s}s",
-            "scrape_timeout": f"{min(self.scrape_interval_s, 10.0)}s",
-            "evaluation_interval": f"{self.evaluation_interval_s}s"}}
+            "scrape_interval": _duration(self.scrape_interval_s),
+            "scrape_timeout": _duration(min(self.scrape_interval_s, 10.0)),
+            "evaluation_interval": _duration(self.evaluation_interval_s)}}
         scrapes = list(self.extra_scrape_configs)
         if self.scrape_targets:
             scrapes.insert(0, {"job_name": "forescale",

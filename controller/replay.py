@@ -1,0 +1,372 @@
+"""`forescale replay`: what forescale would have saved, on a real load trace.
+
+One variant's fleet is simulated (`controller.replay_sim`) under each policy
+(`controller.replay_policies`): the seed-typical reactive HPA, forescale's predictive policy
+(trained only on the replay's own past) and an oracle that knows the future. All three go
+through the service's `models.decide.decide`, so the replay measures the code that ships.
+
+The scores are SLO attainment (share of requests whose estimated TTFT meets the SLO),
+GPU-hours, cost, peak queue, scale events and cold starts, and GPU-hours relative to the
+oracle. `iso_slo` sweeps the reactive target to the cheapest setting that reaches the
+predictive policy's attainment, because savings only mean something at equal SLO.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from rich.table import Table
+
+from controller.replay_forecast import provisioning_quantile
+from controller.replay_policies import (
+    HPASettings,
+    Oracle,
+    Predictive,
+    PredictiveSettings,
+    ReactiveHPA,
+)
+from controller.replay_sim import (
+    Arrivals,
+    Controller,
+    Fleet,
+    SimResult,
+    arrivals_per_step,
+    fleet_from_profile,
+    sim_step,
+    simulate,
+)
+from forecaster.base import History
+from forecaster.trace import TraceSeries, read_trace
+from models.profile import VariantProfile
+
+POLICIES = ("reactive", "predictive", "oracle")
+#: Reactive targets tried by `iso_slo`, from lean to generous.
+ISO_SLO_TARGETS = (0.9, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.07, 0.05)
+#: Without a profile, one replica carries this share of the series' mean load (~20 replicas).
+DEFAULT_REPLICAS_AT_MEAN = 20.0
+
+_ATTRIBUTION = {
+    "servegen": "Alibaba ServeGen, github.com/alibaba/ServeGen (Apache-2.0)",
+    "azure": "Azure LLM inference trace 2023, github.com/Azure/AzurePublicDataset (CC-BY-4.0)",
+    "mooncake": "Mooncake FAST'25 trace, github.com/kvcache-ai/Mooncake (Apache-2.0)",
+}
+
+
+class ReplayError(ValueError):
+    """A replay that cannot run (bad policy name, unusable series or profile)."""
+
+
+@dataclass(frozen=True)
+class PolicyOutcome:
+    """The scores of one policy over the replay, with its per-step record for plotting."""
+
+    name: str
+    slo_attainment: float
+    gpu_hours: float
+    cost: float
+    peak_queue: float
+    scale_events: int
+    cold_starts: int
+    sim: SimResult = field(repr=False)
+    note: str = ""
+
+    @staticmethod
+    def of(name: str, sim: SimResult, fleet: Fleet, note: str = "") -> PolicyOutcome:
+        gpu_h = sim.gpu_hours(fleet)
+        return PolicyOutcome(name, sim.slo_attainment, gpu_h, gpu_h * fleet.gpu_hourly_usd,
+                             float(sim.queue.max(initial=0.0)), sim.scale_events,
+                             sim.cold_starts, sim, note)
+
+
+@dataclass(frozen=True)
+class IsoSlo:
+    """The cheapest reactive target reaching the predictive attainment (None: none did)."""
+
+    slo: float
+    reactive_target: float | None
+    reactive_gpu_hours: float | None
+    gpu_hours_ratio_predictive_vs_reactive: float | None
+    tried: tuple[tuple[float, float, float], ...] = ()  # (target, attainment, GPU-hours)
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    series: str
+    source: str
+    fleet: Fleet
+    slo_target: float
+    policies: dict[str, PolicyOutcome]
+    iso_slo: IsoSlo | None = None
+    notes: tuple[str, ...] = ()
+
+    def vs_oracle(self, name: str) -> float | None:
+        oracle = self.policies.get("oracle")
+        if oracle is None or oracle.gpu_hours <= 0:
+            return None
+        return self.policies[name].gpu_hours / oracle.gpu_hours
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's `--json` document; keys are a contract, values are plain floats/ints."""
+        iso = None
+        if self.iso_slo is not None:
+            iso = {"slo": self.iso_slo.slo, "reactive_target": self.iso_slo.reactive_target,
+                   "gpu_hours_ratio_predictive_vs_reactive":
+                       self.iso_slo.gpu_hours_ratio_predictive_vs_reactive}
+        return {
+            "series": self.series,
+            "policies": {
+                name: {"slo_attainment": p.slo_attainment, "gpu_hours": p.gpu_hours,
+                       "cost": p.cost, "scale_events": p.scale_events,
+                       "cold_starts": p.cold_starts, "gpu_hours_vs_oracle": self.vs_oracle(name)}
+                for name, p in self.policies.items()},
+            "iso_slo": iso,
+        }
+
+
+@dataclass(frozen=True)
+class ReplaySetup:
+    """Everything a policy run shares: the fleet, the arrivals and the simulation clock."""
+
+    trace: TraceSeries
+    fleet: Fleet
+    arrivals: np.ndarray
+    dt: float
+    decision_every: int
+    initial_replicas: int
+
+    @property
+    def windows(self) -> History:
+        """The trace as the policies may observe it: realised rates per window."""
+        per = round(self.trace.step_s / self.dt)
+        rates = self.arrivals.reshape(-1, per).sum(axis=1) / self.trace.step_s
+        rates = np.where(np.isfinite(self.trace.requests), rates, np.nan)
+        return History(self.trace.name, self.trace.start, self.trace.step_s, rates)
+
+
+def default_fleet(trace: TraceSeries, cold_start_s: float | None,
+                  gpu_hourly_usd: float = 2.0, ttft_slo_s: float = 5.0) -> Fleet:
+    """The fleet without a profile: the series' mean load needs about 20 replicas."""
+    mean = float(np.nanmean(trace.requests)) if np.isfinite(trace.requests).any() else 0.0
+    if not mean > 0:
+        raise ReplayError(f"series {trace.name!r} has no load to replay")
+    return Fleet(capacity_rps=mean / DEFAULT_REPLICAS_AT_MEAN, base_ttft_s=0.5,
+                 ttft_slo_s=ttft_slo_s, cold_start_s=300.0 if cold_start_s is None
+                 else cold_start_s, gpus_per_replica=1, gpu_hourly_usd=gpu_hourly_usd)
+
+
+def load_profile(path: str | Path, series: str) -> VariantProfile:
+    """A `VariantProfile` from YAML: one profile, or a mapping of several (pick by series)."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ReplayError(f"{p}: cannot read profile: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ReplayError(f"{p}: a profile must be a YAML mapping")
+    body = raw.get("profiles", raw)
+    if isinstance(body, dict) and body and all(isinstance(v, dict) for v in body.values()) \
+            and "capacity_rps" not in body and "curve" not in body:
+        chosen = body.get(series) if series in body else (
+            next(iter(body.values())) if len(body) == 1 else None)
+        if chosen is None:
+            raise ReplayError(f"{p}: holds profiles {sorted(body)}; none is named {series!r}")
+        body = chosen
+    try:
+        return VariantProfile.model_validate(body)
+    except ValueError as exc:
+        raise ReplayError(f"{p}: invalid profile: {exc}") from None
+
+
+def prepare(trace: TraceSeries, fleet: Fleet, arrivals: Arrivals = "poisson", seed: int = 0,
+            decision_interval_s: float = 30.0) -> ReplaySetup:
+    """Arrivals on the simulation clock and a warm start every policy shares.
+
+    Every policy starts with enough ready replicas for the first cold start's demand, so no
+    policy is scored on a start-up it could not have influenced.
+    """
+    if len(trace) < 2:
+        raise ReplayError(f"series {trace.name!r} is too short to replay")
+    dt = sim_step(trace.step_s)
+    arr = arrivals_per_step(trace.requests, trace.step_s, dt, arrivals, seed)
+    span = max(1, math.ceil(fleet.cold_start_s / dt)) + 1
+    init = math.ceil(float(arr[:span].max()) / (dt * fleet.capacity_rps) - 1e-9)
+    every = max(1, round(decision_interval_s / dt))
+    return ReplaySetup(trace, fleet, arr, dt, every, max(1, init))
+
+
+def run_policy(setup: ReplaySetup, name: str, slo_target: float = 0.99,
+               reactive_target: float = 0.75) -> PolicyOutcome:
+    """Replay one policy; `reactive_target` is the HPA's utilisation target."""
+    fleet, dt = setup.fleet, setup.dt
+    hpa = HPASettings(target_utilisation=reactive_target)
+    note = ""
+    ctrl: Controller
+    every = setup.decision_every
+    if name == "reactive":
+        ctrl = ReactiveHPA(fleet, hpa)
+        note = f"HPA target {reactive_target:.0%}"
+    elif name == "predictive":
+        q, who = provisioning_quantile(slo_target)
+        pred = Predictive(fleet, replace(PredictiveSettings(), provisioning_quantile=q),
+                          setup.windows, every * dt, ReactiveHPA(fleet, hpa))
+        ctrl = pred
+    elif name == "oracle":
+        ctrl = Oracle(fleet, setup.arrivals, dt, setup.trace.start)
+        every = 1
+    else:
+        raise ReplayError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+    init = max(setup.initial_replicas, hpa.min_replicas if name == "reactive" else 1)
+    sim = simulate(setup.arrivals, setup.trace.start, dt, fleet, ctrl, init, every)
+    if name == "predictive":
+        models = sorted({m for _, m in pred.forecaster.choices})
+        note = (f"q={q:.3f} ({who}); models {', '.join(models) or 'none'}; "
+                f"{pred.forecast_decisions} forecast decisions")
+    return PolicyOutcome.of(name, sim, fleet, note)
+
+
+def iso_slo_sweep(setup: ReplaySetup, predictive: PolicyOutcome,
+                  targets: Sequence[float] = ISO_SLO_TARGETS,
+                  progress: Callable[[str], None] | None = None) -> IsoSlo:
+    """The cheapest reactive target whose attainment reaches the predictive policy's."""
+    goal = predictive.slo_attainment
+    tried: list[tuple[float, float, float]] = []
+    best: tuple[float, float] | None = None
+    for target in targets:
+        out = run_policy(setup, "reactive", reactive_target=target)
+        tried.append((target, out.slo_attainment, out.gpu_hours))
+        if progress:
+            progress(f"iso-SLO: reactive target {target:.0%}: SLO {out.slo_attainment:.2%}")
+        if out.slo_attainment >= goal - 1e-12 and (best is None or out.gpu_hours < best[1]):
+            best = (target, out.gpu_hours)
+    if best is None:
+        return IsoSlo(goal, None, None, None, tuple(tried))
+    ratio = predictive.gpu_hours / best[1] if best[1] > 0 else None
+    return IsoSlo(goal, best[0], best[1], ratio, tuple(tried))
+
+
+def replay_series(trace: TraceSeries, fleet: Fleet, slo_target: float = 0.99,
+                  policies: Sequence[str] = POLICIES, iso_slo: bool = False,
+                  progress: Callable[[str], None] | None = None, seed: int = 0,
+                  arrivals: Arrivals = "poisson", reactive_target: float = 0.75,
+                  source: str = "") -> ReplayResult:
+    """Replay an in-memory series; `run_replay` is this plus reading the files."""
+    names = list(dict.fromkeys(policies))
+    unknown = [n for n in names if n not in POLICIES]
+    if unknown:
+        raise ReplayError(f"unknown policies {unknown}; choose from {', '.join(POLICIES)}")
+    if iso_slo and "predictive" not in names:
+        names.append("predictive")
+    setup = prepare(trace, fleet, arrivals, seed)
+    outs: dict[str, PolicyOutcome] = {}
+    for name in names:
+        if progress:
+            progress(f"replaying {name} on {trace.name}")
+        outs[name] = run_policy(setup, name, slo_target, reactive_target)
+    iso = iso_slo_sweep(setup, outs["predictive"], progress=progress) if iso_slo else None
+    notes = tuple(f"{n}: {o.note}" for n, o in outs.items() if o.note)
+    return ReplayResult(trace.name, source, fleet, slo_target, outs, iso, notes)
+
+
+def run_replay(path: str | Path, series: str, profile_path: str | Path | None = None,
+               cold_start_s: float | None = None, slo_target: float = 0.99,
+               policies: Sequence[str] = POLICIES, iso_slo: bool = False,
+               progress: Callable[[str], None] | None = None, seed: int = 0,
+               *, arrivals: Arrivals = "poisson", gpu_hourly_usd: float = 2.0,
+               ttft_slo_s: float = 5.0, reactive_target: float = 0.75) -> ReplayResult:
+    """Replay `series` of the trace at `path` under each policy (the CLI's entry point)."""
+    if not 0 < slo_target < 1:
+        raise ReplayError(f"slo_target must be strictly between 0 and 1, got {slo_target!r}")
+    if cold_start_s is not None and cold_start_s < 0:
+        raise ReplayError(f"cold start must be >= 0 seconds, got {cold_start_s!r}")
+    trace = read_trace(path, [series])[series]
+    if profile_path is None:
+        fleet = default_fleet(trace, cold_start_s, gpu_hourly_usd, ttft_slo_s)
+    else:
+        fleet = fleet_from_profile(load_profile(profile_path, series), ttft_slo_s,
+                                   cold_start_s)
+    return replay_series(trace, fleet, slo_target, policies, iso_slo, progress, seed,
+                         arrivals, reactive_target, source=str(path))
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "—" if x is None or not math.isfinite(x) else format(x, spec)
+
+
+def render_table(result: ReplayResult) -> Table:
+    """The replay's scores, one row per policy, iso-SLO comparison in the caption."""
+    f = result.fleet
+    table = Table(title=f"replay {result.series}: {f.capacity_rps:.3g} req/s per replica, "
+                        f"cold start {f.cold_start_s:.0f} s, TTFT SLO {f.ttft_slo_s:g} s")
+    for col in ("policy", "SLO attainment", "GPU-hours", "cost $", "peak queue",
+                "scale events", "cold starts", "GPU-h vs oracle"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for name, p in result.policies.items():
+        ok = p.slo_attainment >= result.slo_target
+        table.add_row(name, f"[{'green' if ok else 'red'}]{p.slo_attainment:.2%}[/]",
+                      f"{p.gpu_hours:,.1f}", f"{p.cost:,.0f}", f"{p.peak_queue:,.0f}",
+                      str(p.scale_events), str(p.cold_starts),
+                      _fmt(result.vs_oracle(name), ".2f") + "×")
+    if result.iso_slo is not None:
+        iso = result.iso_slo
+        table.caption = (
+            f"iso-SLO {iso.slo:.2%}: cheapest reactive target "
+            f"{_fmt(iso.reactive_target, '.0%')}, predictive/reactive GPU-hours "
+            f"{_fmt(iso.gpu_hours_ratio_predictive_vs_reactive, '.2f')}"
+            + ("" if iso.reactive_target is not None else " (no reactive target reached it)"))
+    return table
+
+
+def attribution(source: str) -> str:
+    """The credit line the trace's licence asks for, guessed from the file name."""
+    low = Path(source).name.lower()
+    for key, text in _ATTRIBUTION.items():
+        if key in low:
+            return f"Trace: {text}"
+    return f"Trace: {Path(source).name or 'in-memory series'}"
+
+
+def plot(result: ReplayResult, out_png: str | Path, max_points: int = 4000) -> Path:
+    """Demand against each policy's ready capacity, and the queue, over time (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 7), sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1]})
+    first = next(iter(result.policies.values())).sim
+    n = first.arrivals.shape[0]
+    per = max(1, math.ceil(n / max_points))
+    hours = (np.arange(0, n, per) * first.dt) / 3600.0
+
+    def agg(x: np.ndarray, how: Callable[..., np.ndarray] = np.max) -> np.ndarray:
+        pad = (-x.shape[0]) % per
+        xs = np.concatenate([x, np.full(pad, x[-1])]) if pad else x
+        return np.asarray(how(xs.reshape(-1, per), axis=1))
+
+    ax1.plot(hours, agg(first.demand_rps, np.mean), color="black", lw=0.8, label="demand")
+    for name, p in result.policies.items():
+        cap = p.sim.ready * result.fleet.capacity_rps
+        ax1.plot(hours, agg(cap, np.mean), lw=0.9,
+                 label=f"{name} ready capacity (SLO {p.slo_attainment:.1%}, "
+                       f"{p.gpu_hours:,.0f} GPU-h)")
+        ax2.plot(hours, agg(p.sim.queue), lw=0.8, label=name)
+    ax1.set_ylabel("requests/s")
+    ax1.legend(loc="upper left", fontsize=8)
+    ax1.set_title(f"forescale replay: {result.series} "
+                  f"(cold start {result.fleet.cold_start_s:.0f} s)")
+    ax2.set_ylabel("queue (requests)")
+    ax2.set_xlabel("hours since trace start")
+    ax2.legend(loc="upper left", fontsize=8)
+    fig.text(0.01, 0.005, attribution(result.source), fontsize=7, color="0.3")
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    out = Path(out_png)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
