@@ -6,7 +6,10 @@ Names are a contract with `deploy/grafana/forescale.json` and `deploy/prometheus
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+# `_created` series double the exposition and no dashboard or alert of ours reads them.
+disable_created_metrics()
 
 
 class ForescaleMetrics:

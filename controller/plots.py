@@ -8,15 +8,16 @@ from datetime import UTC, datetime
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.dates as mdates  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.dates as mdates
+import matplotlib.pyplot as plt
+import numpy as np
 
-from controller.service import Service  # noqa: E402
+from controller.service import Service
 
 
-def _dates(ts: np.ndarray) -> list[datetime]:
-    return [datetime.fromtimestamp(float(t), UTC) for t in ts]
+def _dates(ts: np.ndarray) -> np.ndarray:
+    """Epoch seconds as matplotlib date numbers (days since 1970, UTC)."""
+    return np.asarray(ts, dtype=np.float64) / 86_400.0
 
 
 def forecast_figure(service: Service, variant: str, history_s: float = 2 * 86_400) -> bytes:
@@ -34,17 +35,19 @@ def forecast_figure(service: Service, variant: str, history_s: float = 2 * 86_40
     mid = 0.5 if 0.5 in fc.quantiles else levels[len(levels) // 2]
     ax.plot(t, fc.quantiles[mid], color="tab:blue", lw=1.5, label=f"forecast p{mid*100:g}")
     ax.set_ylabel("requests/s")
-    trained = _dates(np.array([fc.trained_to or 0.0]))[0]
+    trained = datetime.fromtimestamp(fc.trained_to or 0.0, UTC)
     ax.set_title(f"{variant}: {fc.model} (trained to {trained:%Y-%m-%d %H:%M} UTC)")
     recs = [r for r in rt.log if r.desired is not None]
     if recs:
         ax2 = ax.twinx()
-        ax2.step(_dates(np.array([r.ts for r in recs])), [r.desired for r in recs],
+        ax2.step(_dates(np.array([r.ts for r in recs])),
+                 np.array([r.desired or 0 for r in recs], dtype=np.float64),
                  where="post", color="tab:red", lw=1.2, label="desired replicas")
         ax2.set_ylabel("replicas", color="tab:red")
         ax2.set_ylim(bottom=0)
     ax.legend(loc="upper left", fontsize=8)
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+    ax.xaxis_date()
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))  # type: ignore[no-untyped-call]
     fig.autofmt_xdate()
     if service.attribution:
         fig.text(0.01, 0.01, service.attribution, fontsize=7, color="#777")

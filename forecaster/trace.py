@@ -56,7 +56,7 @@ class TraceSeries:
 def _open_text(path: Path) -> io.TextIOBase:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")  # noqa: SIM115 - closed by the caller's with
+    return open(path, encoding="utf-8")
 
 
 def _parse_time(raw: str, column: str, where: str) -> float:
