@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from controller.protocols import (
     TemporaryError,
 )
 from controller.reactive import AccuracyTracker, ReactiveTargets, reactive_floor
+from controller.state import StateStore
 from controller.training import ServedModel, TrainingReport, config_fingerprint, train_models
 from forecaster.base import Forecast, History
 from models.decide import Decision, DemandForecast, ScalingPolicy, ScalingState, decide
@@ -36,6 +37,8 @@ log = logging.getLogger("forescale.loop")
 
 DECISION_LOG_SIZE = 500
 STATE_WINDOW_S = 3600.0
+#: Decisions per variant kept in the persisted state (the in-memory log keeps more).
+PERSISTED_LOG_SIZE = 50
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,8 @@ class Service:
     def __init__(self, config: Config, source: MetricsSource, targets: dict[str, ScaleTarget],
                  clock: Callable[[], float] = time.time,
                  metrics: ForescaleMetrics | None = None,
-                 is_leader: Callable[[], bool] = lambda: True) -> None:
+                 is_leader: Callable[[], bool] = lambda: True,
+                 state_store: StateStore | None = None) -> None:
         self.config = config
         self.source = source
         self.targets = targets
@@ -97,6 +101,61 @@ class Service:
         self.last_training: TrainingReport | None = None
         self._train_lock = threading.Lock()
         self._forecast_cache: dict[tuple[Any, ...], Forecast] = {}
+        self.state_store = state_store
+        self._restore()
+
+    # ------------------------------------------------------------------ restart safety
+    def _restore(self) -> None:
+        """Reload stabilisation windows and the decision log saved by an earlier process."""
+        if self.state_store is None:
+            return
+        try:
+            saved = self.state_store.load()
+        except (TemporaryError, PermanentError) as exc:
+            log.error("cannot load saved state (%s): starting without it", exc)
+            self.metrics.reconcile_errors.labels("*", "state-load").inc()
+            return
+        for name, data in (saved.get("variants") or {}).items():
+            rt = self.variants.get(name)
+            if rt is None or not isinstance(data, dict):
+                continue
+            try:
+                rt.scaling = ScalingState(
+                    current_replicas=int(data.get("current", 0)),
+                    recommendations=tuple((float(t), int(r))
+                                          for t, r in data.get("recommendations", [])),
+                    scale_events=tuple((float(t), int(a), int(b))
+                                       for t, a, b in data.get("scale_events", [])))
+                for rec in data.get("log", []):
+                    rt.log.append(DecisionRecord(**{**rec, "reasons": tuple(rec["reasons"])}))
+                rt.last = rt.log[-1] if rt.log else None
+            except (TypeError, ValueError, KeyError) as exc:
+                log.error("saved state of %s is malformed (%s): ignored", name, exc)
+                rt.scaling = None
+        log.info("restored state of %d variant(s)", len(saved.get("variants") or {}))
+
+    def snapshot(self) -> dict[str, Any]:
+        """What `_restore` needs, as JSON-ready data."""
+        out: dict[str, Any] = {}
+        for name, rt in self.variants.items():
+            if rt.scaling is None:
+                continue
+            out[name] = {
+                "current": rt.scaling.current_replicas,
+                "recommendations": [list(r) for r in rt.scaling.recommendations],
+                "scale_events": [list(e) for e in rt.scaling.scale_events],
+                "log": [asdict(r) for r in list(rt.log)[-PERSISTED_LOG_SIZE:]],
+            }
+        return {"variants": out}
+
+    def _persist(self) -> None:
+        if self.state_store is None or not self.is_leader():
+            return
+        try:
+            self.state_store.save(self.snapshot())
+        except (TemporaryError, PermanentError, OSError) as exc:
+            log.error("cannot save state (%s): will retry next reconcile", exc)
+            self.metrics.reconcile_errors.labels("*", "state-save").inc()
 
     # ------------------------------------------------------------------ training
     def horizon_steps(self, v: VariantConfig) -> int:
@@ -171,10 +230,23 @@ class Service:
     # ------------------------------------------------------------------ reconcile
     def reconcile(self) -> list[DecisionRecord]:
         t0 = time.perf_counter()
-        records = [self.reconcile_variant(name) for name in self.variants]
+        records = [self._reconcile_safely(name) for name in self.variants]
+        self._persist()
         self.metrics.reconcile_duration.observe(time.perf_counter() - t0)
         self.metrics.is_leader.set(1 if self.is_leader() else 0)
         return records
+
+    def _reconcile_safely(self, name: str) -> DecisionRecord:
+        """One variant's pass; a bug in one variant's path holds it, never the others."""
+        try:
+            return self.reconcile_variant(name)
+        except Exception as exc:  # fail safe: hold replicas, record why
+            log.exception("reconcile %s crashed: holding replicas", name)
+            return self._record(self.variants[name], self.clock(), "failed",
+                                self.config.mode_of(self.variants[name].config).value,
+                                None, None, None, None, "", None, (),
+                                f"internal error ({type(exc).__name__}: {exc}); holding",
+                                None, kind="internal")
 
     def _policy(self, v: VariantConfig) -> ScalingPolicy:
         b = v.behaviour

@@ -1,0 +1,197 @@
+"""The reconcile loop's fail-safe behaviour, on synthetic edge cases with a fixed clock.
+
+Real traces drive the demo and integration tests; here the edge cases are made by hand so
+each test isolates one fault.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from controller.actuators import DryRunTarget
+from controller.config import parse_config
+from controller.metrics import ForescaleMetrics
+from controller.protocols import LiveSignals, PermanentError, TemporaryError
+from controller.service import Service
+from controller.state import FileStateStore
+from forecaster.base import History
+
+STEP = 60
+T0 = 1_736_121_600.0
+
+
+class ArraySource:
+    """A MetricsSource over an in-memory load curve, with switchable faults."""
+
+    def __init__(self, load: np.ndarray) -> None:
+        self.load = load
+        self.fail_history: Exception | None = None
+        self.fail_live: Exception | None = None
+        self.live_override: float | None = None
+
+    def history(self, variant: str, start: float, end: float, step_s: int) -> History:
+        if self.fail_history is not None:
+            raise self.fail_history
+        n = int((end - start) // step_s)
+        idx = ((start - T0) // STEP + np.arange(n)).astype(int)
+        values = np.where((idx >= 0) & (idx < self.load.size),
+                          self.load[np.clip(idx, 0, self.load.size - 1)], np.nan)
+        return History(variant, start, step_s, values)
+
+    def live(self, variant: str, now: float) -> LiveSignals:
+        if self.fail_live is not None:
+            raise self.fail_live
+        if self.live_override is not None:
+            return LiveSignals(ts=now, request_rate=self.live_override)
+        i = int((now - T0) // STEP) - 1
+        return LiveSignals(ts=now, request_rate=float(self.load[i]))
+
+
+def make_service(load: np.ndarray, now: float, replicas: int = 5,
+                 store: FileStateStore | None = None, **variant: Any) -> Service:
+    cfg = parse_config({
+        "prometheus": {"step_s": STEP, "history_days": 3},
+        "schedules": {"reconcile_interval_s": 30},
+        "forecast": {"horizon_s": 900},
+        "variants": [{"name": "v", "deployment": {"namespace": "llm", "name": "v"},
+                      "profile": {"capacity_rps": 10.0, "cold_start_s": 120},
+                      "min_replicas": 1, "max_replicas": 40, **variant}],
+    })
+    clock = {"now": now}
+    svc = Service(cfg, ArraySource(load), {"v": DryRunTarget({"v": replicas})},
+                  clock=lambda: clock["now"], metrics=ForescaleMetrics(), state_store=store)
+    svc.clock_box = clock  # type: ignore[attr-defined]
+    return svc
+
+
+def daily_load(days: int = 4, level: float = 50.0) -> np.ndarray:
+    t = np.arange(days * 1440)
+    return level * (1.0 + 0.5 * np.sin(2 * math.pi * t / 1440))
+
+
+def metric(svc: Service, name: str, **labels: str) -> float:
+    value = svc.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def test_holds_replicas_when_history_and_live_signals_are_missing() -> None:
+    load = daily_load()
+    svc = make_service(load, T0 + 3 * 86_400, replicas=7)
+    src: ArraySource = svc.source  # type: ignore[assignment]
+    src.fail_history = TemporaryError("prometheus down")
+    src.fail_live = TemporaryError("prometheus down")
+    report = svc.retrain()
+    assert report.models == {}
+    rec = svc.reconcile()[0]
+    assert rec.desired == 7 and rec.current == 7
+    assert "NoForecast" in {r["code"] for r in rec.reasons} or rec.reasons == ()
+    assert metric(svc, "forescale_reconcile_errors_total", variant="v",
+                  kind="live-signals") == 1
+    assert metric(svc, "forescale_training_failures_total", variant="v") == 1
+
+
+def test_a_forecast_with_nan_is_ignored_and_counted() -> None:
+    svc = make_service(daily_load(), T0 + 3 * 86_400, replicas=6)
+    svc.retrain()
+    rt = svc.variants["v"]
+    assert rt.model is not None
+    original = rt.model.forecast
+
+    def nan_forecast(*args: Any, **kwargs: Any) -> Any:
+        fc = original(*args, **kwargs)
+        return type(fc)(**{**fc.__dict__, "quantiles": {q: np.full_like(v, np.nan)
+                                                        for q, v in fc.quantiles.items()}})
+
+    rt.model.forecast = nan_forecast  # type: ignore[method-assign]
+    src: ArraySource = svc.source  # type: ignore[assignment]
+    src.live_override = 1.0  # live load would allow scaling down: it must not happen
+    rec = svc.reconcile()[0]
+    assert rec.desired is not None and rec.desired >= 6
+    assert "NaN" in rec.message
+    assert metric(svc, "forescale_reconcile_errors_total", variant="v",
+                  kind="forecast-nan") == 1
+
+
+def test_a_forecaster_that_raises_holds_the_variant_and_says_why() -> None:
+    svc = make_service(daily_load(), T0 + 3 * 86_400, replicas=6)
+    svc.retrain()
+    rt = svc.variants["v"]
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("model exploded")
+
+    rt.model.forecast = boom  # type: ignore[union-attr, method-assign]
+    rec = svc.reconcile()[0]
+    assert rec.outcome == "failed" and "model exploded" in rec.message
+    assert svc.targets["v"].current_replicas("v") == 6
+    assert metric(svc, "forescale_decisions_total", variant="v", outcome="failed") == 1
+
+
+def test_reactive_floor_lifts_the_target_when_live_load_exceeds_the_forecast() -> None:
+    svc = make_service(daily_load(level=20.0), T0 + 3 * 86_400, replicas=3)
+    svc.retrain()
+    src: ArraySource = svc.source  # type: ignore[assignment]
+    src.live_override = 200.0  # a burst the forecast never saw
+    rec = svc.reconcile()[0]
+    assert rec.reactive is not None and rec.reactive >= math.ceil(200 / (10 * 0.85))
+    assert "ReactiveFloor" in {r["code"] for r in rec.reasons}
+    assert rec.desired is not None and rec.desired > 3
+
+
+def test_permanent_actuation_error_is_recorded_not_raised() -> None:
+    svc = make_service(daily_load(level=200.0), T0 + 3 * 86_400, replicas=2)
+    svc.retrain()
+
+    class Forbidden(DryRunTarget):
+        def apply(self, variant: str, replicas: int, reasons: Any) -> Any:
+            raise PermanentError("forbidden: may not patch deployments/scale")
+
+    svc.targets["v"] = Forbidden({"v": 2})
+    rec = svc.reconcile()[0]
+    assert rec.outcome == "failed" and "forbidden" in rec.message
+    assert metric(svc, "forescale_reconcile_errors_total", variant="v", kind="actuate") == 1
+
+
+def test_followers_decide_but_do_not_actuate() -> None:
+    svc = make_service(daily_load(level=200.0), T0 + 3 * 86_400, replicas=2)
+    svc.is_leader = lambda: False
+    svc.retrain()
+    rec = svc.reconcile()[0]
+    assert rec.outcome == "follower"
+    assert svc.targets["v"].current_replicas("v") == 2
+
+
+def test_restart_keeps_the_stabilisation_window(tmp_path: Path) -> None:
+    """A restarted process must not scale down inside a window the old one opened."""
+    load = daily_load(level=10.0)
+    store = FileStateStore(tmp_path / "state.json")
+    now = T0 + 3 * 86_400
+    first = make_service(load, now, replicas=4, store=store)
+    first.retrain()
+    src: ArraySource = first.source  # type: ignore[assignment]
+    src.live_override = 300.0
+    high = first.reconcile()[0].desired
+    assert high is not None and high > 4
+    # New process, one minute later, load has collapsed.
+    second = make_service(load, now + 60, replicas=high, store=store)
+    assert second.variants["v"].log, "decision history must survive the restart"
+    second.retrain()
+    src2: ArraySource = second.source  # type: ignore[assignment]
+    src2.live_override = 1.0
+    rec = second.reconcile()[0]
+    assert rec.desired == high, rec.reasons
+    assert "ScaleDownStabilised" in {r["code"] for r in rec.reasons}
+
+
+def test_corrupt_state_file_is_ignored_with_an_error(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    p = tmp_path / "state.json"
+    p.write_text("{not json")
+    svc = make_service(daily_load(), T0 + 3 * 86_400, store=FileStateStore(p))
+    assert svc.variants["v"].scaling is None
+    assert "unreadable" in caplog.text
