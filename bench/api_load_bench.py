@@ -22,10 +22,10 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from controller.api import create_app  # noqa: E402
-from controller.metrics import ForescaleMetrics  # noqa: E402
-from controller.runner import DEMO_ANCHOR_DAYS, build_demo  # noqa: E402
-from tests.support.http import serve_app  # noqa: E402
+from controller.api import create_app
+from controller.metrics import ForescaleMetrics
+from controller.runner import DEMO_ANCHOR_DAYS, build_demo
+from tests.support.http import serve_app
 
 
 def hammer(url: str, n: int, concurrency: int) -> tuple[list[float], float, int]:

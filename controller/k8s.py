@@ -92,6 +92,10 @@ def translate_error(
     says exactly which rule is missing.
     """
     what = f"{resource} {namespace}/{name}" if name else f"{resource} in namespace {namespace!r}"
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and isinstance(
+        exc.reason, urllib3.exceptions.ResponseError
+    ):  # urllib3 already retried a 429/503 with Retry-After, and gave up
+        return TemporaryError(f"the API server is busy or failing on {verb} {what}: {exc.reason}")
     if not isinstance(exc, ApiException):
         return TemporaryError(
             f"could not reach the Kubernetes API to {verb} {what}: {type(exc).__name__}: {exc}"

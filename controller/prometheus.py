@@ -25,21 +25,23 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-import requests  # type: ignore[import-untyped]
+import requests
+import urllib3
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
 from controller.config import ConfigError, PrometheusConfig, VariantConfig
 from controller.protocols import LiveSignals, PermanentError, TemporaryError
-from forecaster.base import FloatArray, History
+from forecaster.base import History
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,7 @@ def _read_secret(path: Path | None, env: str | None, what: str) -> str:
     return value
 
 
-class _BearerAuth(requests.auth.AuthBase):  # type: ignore[misc]
+class _BearerAuth(requests.auth.AuthBase):
     """Bearer token read on every request, so a rotated token file is picked up."""
 
     def __init__(self, path: Path | None, env: str | None) -> None:
@@ -139,7 +141,7 @@ class _BearerAuth(requests.auth.AuthBase):  # type: ignore[misc]
         return r
 
 
-class _BasicAuth(requests.auth.AuthBase):  # type: ignore[misc]
+class _BasicAuth(requests.auth.AuthBase):
     """HTTP basic auth with the password read on every request (rotation, as above)."""
 
     def __init__(self, username: str, path: Path | None, env: str | None) -> None:
@@ -206,6 +208,8 @@ class PrometheusSource:
         self._url = config.url.rstrip("/")
         self._shown_url = _redact(self._url)
         self._timeout = config.timeout_s
+        # Prometheus stops evaluating after this (durations take no fractions: "1500ms")
+        self._server_timeout = f"{max(1, round(config.timeout_s * 1000))}ms"
         sess = session if session is not None else requests.Session()
         if config.ca_file is not None:
             sess.verify = str(config.ca_file)
@@ -232,36 +236,36 @@ class PrometheusSource:
         """`signal` of `variant` on the grid `start + i*step_s` for every full step before `end`.
 
         `values[i]` is the query evaluated at the *end* of its step (`start + (i+1)*step_s`),
-        so that a `rate(...[w])` template describes that step (exactly when `w >= step_s`),
-        and no point is evaluated after `end`. Points Prometheus has no answer for are NaN.
+        so that a `rate(...[w])` template looks back over that step rather than the one
+        before (it is the step's exact mean when `w == step_s`; a shorter `w` samples the
+        step's end, a longer one smooths across steps) and no point is evaluated after `end`.
+        Points Prometheus has no answer for are NaN. A range shorter than a step is empty.
         """
         cfg = self._variant(variant)
         query = self._query(cfg, signal)
-        if step_s <= 0:
-            raise ValueError(f"step_s must be positive, got {step_s}")
+        if step_s <= 0 or end < start:
+            raise ValueError(f"need step_s > 0 and end >= start, got step_s={step_s}, "
+                             f"[{start}, {end})")
         n = int((end - start) // step_s)
-        if n < 1:
-            raise ValueError(f"history range [{start}, {end}) is shorter than one step "
-                             f"of {step_s} s")
         values = np.full(n, np.nan)
+        if n == 0:
+            return History(variant, float(start), int(step_s), values)
         first_eval = start + step_s
         saw_nan = False
         for lo in range(0, n, self._max_points):
             hi = min(n, lo + self._max_points)
-            result = self._call(variant, signal, query, lambda lo=lo, hi=hi:
-                                self._client.custom_query_range(
-                                    query, _dt(first_eval + lo * step_s),
-                                    _dt(first_eval + (hi - 1) * step_s), step=str(step_s),
-                                    params={"timeout": f"{self._timeout}s"}))
+            result = self._call(variant, signal, query, partial(
+                self._client.custom_query_range, query, _dt(first_eval + lo * step_s),
+                _dt(first_eval + (hi - 1) * step_s), step=str(step_s),
+                params={"timeout": self._server_timeout}))
             series = self._single(variant, signal, query, result)
             if series is None:
                 continue
             for ts, raw in series.get("values", []):
                 idx = round((float(ts) - first_eval) / step_s)
-                if 0 <= idx < n:
+                if 0 <= idx < n:  # Prometheus leaves missing points out: NaN here was sent
                     values[idx] = _number(raw)
-                    saw_nan = saw_nan or (math.isnan(values[idx]) and raw != "NaN") \
-                        or raw == "NaN"
+                    saw_nan = saw_nan or math.isnan(values[idx])
         valid = int(np.isfinite(values).sum())
         outcome: Outcome = ("empty" if valid == 0 and not saw_nan else "nan" if saw_nan
                             else "gaps" if valid < n else "ok")
@@ -274,10 +278,11 @@ class PrometheusSource:
         cfg = self._variant(variant)
         queries = {field: self._query(cfg, sig) for field, sig in LIVE_SIGNALS.items()}
         freshness = self._freshness(variant, queries.values(), now)
-        values: dict[str, float | None] = {}
-        for field, query in queries.items():
-            values[field] = self._instant(variant, LIVE_SIGNALS[field], query, now, freshness)
-        return LiveSignals(ts=now, **values)
+        got = {field: self._instant(variant, LIVE_SIGNALS[field], query, now, freshness)
+               for field, query in queries.items()}
+        return LiveSignals(ts=now, request_rate=got["request_rate"],
+                           queue_depth=got["queue_depth"], running=got["running"],
+                           kv_cache_usage=got["kv_cache_usage"], ttft_p95_s=got["ttft_p95_s"])
 
     # ---------------------------------------------------------------- internals
 
@@ -299,7 +304,7 @@ class PrometheusSource:
     def _instant(self, variant: str, signal: str, query: str, now: float,
                  freshness: Mapping[str, float | None]) -> float | None:
         result = self._call(variant, signal, query, lambda: self._client.custom_query(
-            query, params={"time": repr(float(now)), "timeout": f"{self._timeout}s"}))
+            query, params={"time": repr(float(now)), "timeout": self._server_timeout}))
         series = self._single(variant, signal, query, result)
         if series is None:
             self._record(variant, signal, "empty", "no samples", query)
@@ -333,7 +338,7 @@ class PrometheusSource:
                  for i, sel in enumerate(selectors)]
         query = " or ".join(parts)
         result = self._call(variant, "freshness", query, lambda: self._client.custom_query(
-            query, params={"time": repr(float(now)), "timeout": f"{self._timeout}s"}))
+            query, params={"time": repr(float(now)), "timeout": self._server_timeout}))
         out: dict[str, float | None] = dict.fromkeys(selectors)
         for series in result:
             idx = int(series["metric"]["forescale_input"])
@@ -365,10 +370,12 @@ class PrometheusSource:
         except _HTTPError as exc:
             temporary = exc.status >= 500 or exc.status in (408, 429)
             err: Exception = (TemporaryError if temporary else PermanentError)(f"{where}: {exc}")
+        except requests.ConnectionError as exc:  # a read timeout arrives wrapped as this
+            err = TemporaryError(f"{where}: no answer within timeout_s={self._timeout:g}s"
+                                 if _timed_out(exc) else f"{where}: cannot connect: "
+                                 f"{_cause(exc)}")
         except requests.Timeout:
             err = TemporaryError(f"{where}: no answer within timeout_s={self._timeout:g}s")
-        except requests.ConnectionError as exc:
-            err = TemporaryError(f"{where}: cannot connect: {_cause(exc)}")
         except requests.RequestException as exc:
             err = TemporaryError(f"{where}: request failed: {_cause(exc)}")
         except TemporaryError as exc:  # from the auth hooks: a secret could not be read
@@ -414,12 +421,37 @@ def _label_set(metric: Mapping[str, str]) -> str:
     return "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(metric.items())) + "}"
 
 
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and everything it wraps (urllib3 keeps the reason in `.reason`)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        cur = todo.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        yield cur
+        reason = getattr(cur, "reason", None)
+        todo += [cur.__cause__, cur.__context__,
+                 reason if isinstance(reason, BaseException) else None]
+        todo += [a for a in cur.args if isinstance(a, BaseException)]
+
+
+def _timed_out(exc: BaseException) -> bool:
+    # not urllib3's TimeoutError: its NewConnectionError (connection refused) is one
+    timeouts = (requests.Timeout, TimeoutError, urllib3.exceptions.ReadTimeoutError)
+    return any(isinstance(e, timeouts) for e in _chain(exc))
+
+
 def _cause(exc: BaseException) -> str:
-    """The innermost reason (e.g. 'Connection refused'), not urllib3's nested repr."""
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    text = str(exc)
-    return text.rsplit(": ", 1)[-1] if "]" in text else text
+    """The innermost reason (e.g. '[Errno 111] Connection refused'), not urllib3's wrapping."""
+    inner: BaseException = exc
+    while True:
+        nxt = inner.__cause__ or inner.__context__
+        if nxt is None:
+            break
+        inner = nxt
+    return str(inner) or type(inner).__name__
 
 
 def _dt(ts: float) -> datetime:

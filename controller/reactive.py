@@ -72,6 +72,8 @@ class AccuracyTracker:
         self._errors: deque[tuple[float, float, float]] = deque(maxlen=self.window)
         self.fallback_active = False
         self.misses = 0
+        #: (provisioned, actual) of the most recently scored window.
+        self.last_scored: tuple[float, float] | None = None
 
     def expect(self, ts: float, p50: float, provisioned: float, naive: float) -> None:
         """Remember what was predicted for the window starting at `ts`."""
@@ -86,6 +88,7 @@ class AccuracyTracker:
         if pred is None or not math.isfinite(actual):
             return False
         p50, provisioned, naive = pred
+        self.last_scored = (provisioned, actual)
         self._errors.append((abs(p50 - actual), abs(naive - actual), actual))
         miss = actual > provisioned
         self.misses += int(miss)

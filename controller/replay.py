@@ -23,7 +23,6 @@ import numpy as np
 import yaml
 from rich.table import Table
 
-from controller.replay_forecast import provisioning_quantile
 from controller.replay_policies import (
     HPASettings,
     Oracle,
@@ -201,7 +200,7 @@ def prepare(trace: TraceSeries, fleet: Fleet, arrivals: Arrivals = "poisson", se
 
 
 def run_policy(setup: ReplaySetup, name: str, slo_target: float = 0.99,
-               reactive_target: float = 0.75) -> PolicyOutcome:
+               reactive_target: float = 0.75, forecaster: str = "auto") -> PolicyOutcome:
     """Replay one policy; `reactive_target` is the HPA's utilisation target."""
     fleet, dt = setup.fleet, setup.dt
     hpa = HPASettings(target_utilisation=reactive_target)
@@ -212,12 +211,11 @@ def run_policy(setup: ReplaySetup, name: str, slo_target: float = 0.99,
         ctrl = ReactiveHPA(fleet, hpa)
         note = f"HPA target {reactive_target:.0%}"
     elif name == "predictive":
-        q, who = provisioning_quantile(slo_target)
-        pred = Predictive(fleet, replace(PredictiveSettings(), provisioning_quantile=q),
-                          setup.windows, every * dt, ReactiveHPA(fleet, hpa))
+        pred = Predictive(fleet, replace(PredictiveSettings(), slo_target=slo_target),
+                          setup.windows, every * dt, ReactiveHPA(fleet, hpa), forecaster)
         ctrl = pred
     elif name == "oracle":
-        ctrl = Oracle(fleet, setup.arrivals, dt, setup.trace.start)
+        ctrl = Oracle(fleet, setup.arrivals, dt)
         every = 1
     else:
         raise ReplayError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
@@ -225,8 +223,10 @@ def run_policy(setup: ReplaySetup, name: str, slo_target: float = 0.99,
     sim = simulate(setup.arrivals, setup.trace.start, dt, fleet, ctrl, init, every)
     if name == "predictive":
         models = sorted({m for _, m in pred.forecaster.choices})
-        note = (f"q={q:.3f} ({who}); models {', '.join(models) or 'none'}; "
-                f"{pred.forecast_decisions} forecast decisions")
+        qs = pred.headroom.trail or [pred.headroom.quantile]
+        note = (f"quantile {min(qs):.3f}..{max(qs):.3f} (models.headroom"
+                f"{'' if pred.headroom.enabled else ' absent: fixed'}); models "
+                f"{', '.join(models) or 'none'}; {pred.forecast_decisions} forecast decisions")
     return PolicyOutcome.of(name, sim, fleet, note)
 
 
@@ -244,6 +244,8 @@ def iso_slo_sweep(setup: ReplaySetup, predictive: PolicyOutcome,
             progress(f"iso-SLO: reactive target {target:.0%}: SLO {out.slo_attainment:.2%}")
         if out.slo_attainment >= goal - 1e-12 and (best is None or out.gpu_hours < best[1]):
             best = (target, out.gpu_hours)
+        elif best is not None:
+            break  # targets go from lean to generous: past the first hit it only costs more
     if best is None:
         return IsoSlo(goal, None, None, None, tuple(tried))
     ratio = predictive.gpu_hours / best[1] if best[1] > 0 else None
@@ -254,7 +256,7 @@ def replay_series(trace: TraceSeries, fleet: Fleet, slo_target: float = 0.99,
                   policies: Sequence[str] = POLICIES, iso_slo: bool = False,
                   progress: Callable[[str], None] | None = None, seed: int = 0,
                   arrivals: Arrivals = "poisson", reactive_target: float = 0.75,
-                  source: str = "") -> ReplayResult:
+                  source: str = "", forecaster: str = "auto") -> ReplayResult:
     """Replay an in-memory series; `run_replay` is this plus reading the files."""
     names = list(dict.fromkeys(policies))
     unknown = [n for n in names if n not in POLICIES]
@@ -267,7 +269,7 @@ def replay_series(trace: TraceSeries, fleet: Fleet, slo_target: float = 0.99,
     for name in names:
         if progress:
             progress(f"replaying {name} on {trace.name}")
-        outs[name] = run_policy(setup, name, slo_target, reactive_target)
+        outs[name] = run_policy(setup, name, slo_target, reactive_target, forecaster)
     iso = iso_slo_sweep(setup, outs["predictive"], progress=progress) if iso_slo else None
     notes = tuple(f"{n}: {o.note}" for n, o in outs.items() if o.note)
     return ReplayResult(trace.name, source, fleet, slo_target, outs, iso, notes)
@@ -278,8 +280,12 @@ def run_replay(path: str | Path, series: str, profile_path: str | Path | None = 
                policies: Sequence[str] = POLICIES, iso_slo: bool = False,
                progress: Callable[[str], None] | None = None, seed: int = 0,
                *, arrivals: Arrivals = "poisson", gpu_hourly_usd: float = 2.0,
-               ttft_slo_s: float = 5.0, reactive_target: float = 0.75) -> ReplayResult:
-    """Replay `series` of the trace at `path` under each policy (the CLI's entry point)."""
+               ttft_slo_s: float = 5.0, reactive_target: float = 0.75,
+               forecaster: str = "auto") -> ReplayResult:
+    """Replay `series` of the trace at `path` under each policy (the CLI's entry point).
+
+    `forecaster`: "auto" (the engine when present), "engine" or "baselines" (fast).
+    """
     if not 0 < slo_target < 1:
         raise ReplayError(f"slo_target must be strictly between 0 and 1, got {slo_target!r}")
     if cold_start_s is not None and cold_start_s < 0:
@@ -291,7 +297,7 @@ def run_replay(path: str | Path, series: str, profile_path: str | Path | None = 
         fleet = fleet_from_profile(load_profile(profile_path, series), ttft_slo_s,
                                    cold_start_s)
     return replay_series(trace, fleet, slo_target, policies, iso_slo, progress, seed,
-                         arrivals, reactive_target, source=str(path))
+                         arrivals, reactive_target, source=str(path), forecaster=forecaster)
 
 
 def _fmt(x: float | None, spec: str) -> str:

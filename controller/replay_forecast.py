@@ -2,19 +2,18 @@
 
 `PastOnlyForecaster` is fed the windows completed before simulated now and nothing else; it
 re-selects its model every `retrain_s` of simulated time and forecasts from the newest data at
-every window. It uses the forecasting engine (`forecaster.engine`) when that module exists and
-works, otherwise the baselines, each also in log space: load errors are multiplicative (a
-burst at the daily peak is larger than one at night), so log-space quantiles give headroom
-that follows the time of day instead of one fixed margin.
+every window. It uses the forecasting engine (`forecaster.engine`) when that module exists,
+otherwise the best baseline. (Log-space baselines were tried and dropped: one near-idle
+window turns a p99.5 log error into a thousand-fold "headroom".)
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
@@ -27,32 +26,12 @@ MIN_WINDOWS = 36
 SELECTION_WINDOWS = 288
 
 
-class LogSpace:
-    """Fit and predict a forecaster on log1p(load), so its error quantiles are relative."""
-
-    def __init__(self, inner: Forecaster) -> None:
-        self.inner = inner
-        self.name = f"log_{inner.name}"
-
-    def fit(self, history: History) -> Self:
-        self.inner.fit(History(history.variant, history.start, history.step_s,
-                               np.log1p(np.maximum(history.values, 0.0))))
-        return self
-
-    def predict(self, horizon: int, quantiles: Sequence[float]) -> dict[float, FloatArray]:
-        return {q: np.expm1(v) for q, v in self.inner.predict(horizon, quantiles).items()}
-
-
 def _candidates(step_s: int) -> dict[str, Callable[[], Forecaster]]:
     day, week = 86_400, 7 * 86_400
     return {
         "naive": Naive,
-        "log_naive": lambda: LogSpace(Naive()),
         "seasonal_naive_daily": lambda: SeasonalNaive(day, "seasonal_naive_daily"),
-        "log_seasonal_naive_daily": lambda: LogSpace(SeasonalNaive(day, "seasonal_naive_daily")),
         "seasonal_naive_weekly": lambda: SeasonalNaive(week, "seasonal_naive_weekly"),
-        "log_seasonal_naive_weekly": lambda: LogSpace(SeasonalNaive(week,
-                                                                    "seasonal_naive_weekly")),
     }
 
 
@@ -67,13 +46,13 @@ def _lag_of(name: str, step_s: int, lead: int) -> int | None:
     return p * math.ceil(lead / p)
 
 
-def provisioned_mean(y: FloatArray, lag: int, q: float, log: bool, n_eval: int) -> float:
+def provisioned_mean(y: FloatArray, lag: int, q: float, n_eval: int) -> float:
     """Mean load a baseline would provision at quantile `q` over the last `n_eval` windows.
 
     The quantile is calibrated on the same past errors the baseline itself uses, so every
     candidate meets the same coverage and the one that provisions least is the sharpest.
     """
-    z = np.log1p(np.maximum(y, 0.0)) if log else y
+    z = y
     if z.size <= lag + 10:
         return math.inf
     err = z[lag:] - z[:-lag]
@@ -85,88 +64,88 @@ def provisioned_mean(y: FloatArray, lag: int, q: float, log: bool, n_eval: int) 
     level = level[np.isfinite(level)]
     if level.size == 0:
         return math.inf
-    return float(np.mean(np.expm1(level) if log else level))
+    return float(np.mean(level))
+
+
+#: Quantile at which the baselines are compared when the engine is not used.
+SELECTION_QUANTILE = 0.99
 
 
 @dataclass
 class PastOnlyForecaster:
-    """Forecasts from the replay's past only; `select` re-chooses the model periodically."""
+    """Forecasts from the replay's past only; the model is re-chosen every `retrain_s`.
+
+    `mode`: "engine" (the forecasting engine, retrained on the past), "baselines" (the best
+    baseline by calibrated provisioning cost on recent windows), or "auto" (the engine when
+    `forecaster.engine` exists). Between retrains the forecast still starts from the newest
+    completed window: the engine merges it into its buffer, the baselines refit (cheap).
+    """
 
     step_s: int
-    quantile: float
+    levels: tuple[float, ...]
     lead_steps: int
     retrain_s: float = 3600.0
+    mode: str = "auto"
     model_name: str = "none"
-    engine_note: str | None = None
     _next_retrain: float = -math.inf
     _engine: Any = None
     _factory: Callable[[], Forecaster] | None = None
     choices: list[tuple[float, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "engine", "baselines"):
+            raise ValueError(f"forecaster mode must be auto, engine or baselines, "
+                             f"got {self.mode!r}")
+        if self.mode == "auto":
+            self.mode = "engine" if _engine_module() is not None else "baselines"
 
     def forecast(self, history: History, horizon: int) -> dict[float, FloatArray] | None:
         """Quantile forecast for the `horizon` windows after `history.end`, or None."""
         if history.n_valid() < MIN_WINDOWS:
             return None
         if history.end >= self._next_retrain:
-            self._select(history)
+            self._select(history, horizon)
             self._next_retrain = history.end + self.retrain_s
         if self._engine is not None:
-            out = _engine_forecast(self._engine, history, horizon, self.quantile)
-            if out is not None:
-                return out
+            fc = self._engine.forecast(history.slice(len(history), max(0, len(history) - 4)),
+                                       issued_at=history.end, horizon=horizon,
+                                       quantiles=self.levels)
+            if abs(fc.issued_at - history.end) < 1e-6:
+                return {q: np.asarray(v, dtype=np.float64) for q, v in fc.quantiles.items()}
         if self._factory is None:
             return None
         try:
-            return self._factory().fit(history).predict(horizon, [self.quantile])
+            return self._factory().fit(history).predict(horizon, self.levels)
         except NotEnoughHistoryError:
             return None
 
-    def _select(self, history: History) -> None:
-        self._engine = _engine_train(history, self.lead_steps, self.quantile)
-        y = history.values
+    def _select(self, history: History, horizon: int) -> None:
+        engine = _engine_module() if self.mode == "engine" else None
+        if engine is not None:
+            models = engine.train_all({history.variant: history}, horizon_steps=horizon,
+                                      quantiles=self.levels,
+                                      provisioning_quantile=SELECTION_QUANTILE,
+                                      budget_s=60.0, n_jobs=1)
+            self._engine = models[history.variant]
+            self.model_name = f"engine:{self._engine.model_name}"
         best, best_score = "naive", math.inf
         for name in _candidates(self.step_s):
             lag = _lag_of(name, self.step_s, self.lead_steps)
             if lag is None or lag + 1 > len(history):
                 continue
-            score = provisioned_mean(y, lag, self.quantile, name.startswith("log_"),
-                                     SELECTION_WINDOWS)
+            score = provisioned_mean(history.values, lag, SELECTION_QUANTILE, SELECTION_WINDOWS)
             if score < best_score:
                 best, best_score = name, score
         self._factory = _candidates(self.step_s)[best]
-        self.model_name = best if self._engine is None else "engine"
+        if engine is None:
+            self.model_name = best
         self.choices.append((history.end, self.model_name))
 
 
-def _engine_train(history: History, lead_steps: int, quantile: float) -> Any:
-    """Train the forecasting engine on the past if `forecaster.engine` exists, else None."""
+def _engine_module() -> Any:
+    """`forecaster.engine` if it exists and offers `train_all`, else None."""
     try:
         engine = importlib.import_module("forecaster.engine")
     except ImportError:
         return None
-    train_all = getattr(engine, "train_all", None)
-    if train_all is None:
-        return None
-    del lead_steps, quantile
-    return None
-
-
-def _engine_forecast(model: Any, history: History, horizon: int,
-                     quantile: float) -> dict[float, FloatArray] | None:
-    del model, history, horizon, quantile
-    return None
-
-
-def provisioning_quantile(slo_target: float) -> tuple[float, str]:
-    """The forecast quantile to provision at, and who chose it.
-
-    `models.headroom` tunes it to the SLO when present; otherwise the fallback halves the
-    allowed miss rate, because misses land on the busiest windows and attainment is counted
-    per request, not per window.
-    """
-    try:
-        headroom = importlib.import_module("models.headroom")
-    except ImportError:
-        headroom = None
-    del headroom
-    return 1.0 - (1.0 - slo_target) / 2.0, "fallback: 1 - (1 - slo_target) / 2"
+    return engine if hasattr(engine, "train_all") else None

@@ -7,23 +7,37 @@
   with the live-signal floor and the HPA as fallback while no forecast is trusted.
 - `Oracle`: exact future demand, each replica ordered exactly one cold start ahead.
 
-`decide` limits one call to `scale_*_pods`; the HPA limits a *period*. `_period_budget` turns
-the scale events of the period into the pods still allowed, so every call respects it.
+Each policy keeps its `ScalingState` with `models.decide.next_state`, as the service does, so
+stabilisation windows and per-period rate limits see the same history they would live.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
-from dataclasses import dataclass, field, replace
+from collections import deque
+from dataclasses import dataclass, replace
+from types import ModuleType
 
 import numpy as np
 
 from controller.replay_forecast import PastOnlyForecaster
 from controller.replay_sim import Fleet, Observation
 from forecaster.base import FloatArray, History
-from models.decide import DemandForecast, ScalingPolicy, ScalingState, decide
+from models.decide import DemandForecast, ScalingPolicy, ScalingState, decide, next_state
 
 _BIG = 1_000_000
+
+
+def _optional(module: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+#: The SLO-targeted quantile tuner, when the models package ships it.
+_headroom = _optional("models.headroom")
 
 
 @dataclass(frozen=True)
@@ -69,36 +83,14 @@ def _flat(now: float, rate: float) -> DemandForecast:
     return DemandForecast(start=now, step_s=1, quantiles={0.5: np.array([rate])})
 
 
-@dataclass
-class _History:
-    """Recent recommendations and scale events, pruned to the longest window that reads them."""
-
-    keep_s: float
-    recommendations: list[tuple[float, int]] = field(default_factory=list)
-    events: list[tuple[float, int, int]] = field(default_factory=list)
-
-    def state(self, current: int, now: float) -> ScalingState:
-        cut = now - self.keep_s
-        self.recommendations = [r for r in self.recommendations if r[0] >= cut]
-        self.events = [e for e in self.events if e[0] >= cut]
-        return ScalingState(current, tuple(self.recommendations), tuple(self.events))
-
-    def record(self, now: float, recommendation: int, before: int, after: int) -> None:
-        self.recommendations.append((now, recommendation))
-        if after != before:
-            self.events.append((now, before, after))
-
-
-def _period_budget(events: list[tuple[float, int, int]], now: float, pods: int,
-                   period_s: float, up: bool) -> int:
-    """Pods still allowed in the HPA's rate-limit period, given this period's changes."""
-    moved = sum((b - a) if up else (a - b) for t, a, b in events
-                if t > now - period_s and ((b > a) == up))
-    return max(0, pods - moved)
-
-
 class ReactiveHPA:
-    """The HPA, faithful to its behaviour fields, run through `decide`."""
+    """The HPA, faithful to its behaviour fields, run through `decide`.
+
+    The HPA's own recommendation (`hpa_recommendation`, stabilised upwards as the HPA does:
+    the lowest raw recommendation of the up window) is handed to `decide` as a flat demand of
+    exactly that many replicas; `decide` then applies the scale-down stabilisation, the
+    per-period rate limits and the bounds, the code path the service runs.
+    """
 
     def __init__(self, fleet: Fleet, settings: HPASettings) -> None:
         self.fleet = fleet
@@ -109,37 +101,34 @@ class ReactiveHPA:
             scale_up_pods=settings.scale_up_pods, scale_up_period_s=settings.scale_up_period_s,
             scale_down_pods=settings.scale_down_pods,
             scale_down_period_s=settings.scale_down_period_s,
-            scale_down_stabilisation_s=settings.scale_down_stabilisation_s)
-        self.hist = _History(max(settings.scale_down_stabilisation_s,
-                                 settings.scale_up_stabilisation_s,
-                                 settings.scale_up_period_s, settings.scale_down_period_s))
+            scale_down_stabilisation_s=settings.scale_down_stabilisation_s,
+            forecast_window_s=0.0)
+        self.state = ScalingState(0)
+        self._raw: deque[tuple[float, int]] = deque()
 
     def target(self, obs: Observation) -> int:
         s = self.s
         raw = hpa_recommendation(obs.ready, obs.load_rps, obs.queue, self.fleet.capacity_rps,
                                  s.target_utilisation, s.queue_target_s, s.tolerance)
-        return self.apply(obs, raw)
-
-    def apply(self, obs: Observation, raw: int) -> int:
-        """Stabilise `raw` upwards (min over the up window), then let `decide` clamp it."""
-        s, now, current = self.s, obs.now, obs.ordered
-        state = self.hist.state(current, now)
+        while self._raw and self._raw[0][0] <= obs.now - s.scale_up_stabilisation_s:
+            self._raw.popleft()
+        self._raw.append((obs.now, raw))
         rec = raw
-        if raw > current:
-            window = [r for t, r in state.recommendations
-                      if t > now - s.scale_up_stabilisation_s]
-            rec = max(current, min([raw, *window]))
-        policy = replace(
-            self.policy,
-            scale_up_pods=_period_budget(self.hist.events, now, s.scale_up_pods,
-                                         s.scale_up_period_s, up=True),
-            scale_down_pods=_period_budget(self.hist.events, now, s.scale_down_pods,
-                                           s.scale_down_period_s, up=False))
-        # A flat demand of exactly `rec` replicas' worth (minus rounding) makes decide's
-        # `ceil(demand / capacity)` return `rec`; its pipeline then does the rest.
-        demand = max(rec, 0) * self.fleet.capacity_rps * (1 - 1e-9)
-        d = decide(_flat(now, demand), self.fleet.capacity_rps, 0.0, policy, state, now)
-        self.hist.record(now, raw, current, d.replicas)
+        if raw > obs.ordered:
+            rec = max(obs.ordered, min(r for _, r in self._raw))
+        # A flat demand of `rec` replicas' worth (less rounding) makes decide's ceil give rec.
+        demand = rec * self.fleet.capacity_rps * (1 - 1e-9)
+        return self.run(_flat(obs.now, demand), obs, None, None)
+
+    def run(self, fc: DemandForecast | None, obs: Observation, floor: int | None,
+            quantile: float | None, policy: ScalingPolicy | None = None,
+            cold_start_s: float = 0.0) -> int:
+        """One `decide` call with this controller's remembered state, then remember it."""
+        pol = policy or self.policy
+        state = replace(self.state, current_replicas=obs.ordered)
+        d = decide(fc, self.fleet.capacity_rps, cold_start_s, pol, state, obs.now, floor,
+                   quantile=quantile)
+        self.state = next_state(state, d, obs.now, pol)
         return d.replicas
 
 
@@ -149,103 +138,154 @@ class PredictiveSettings:
 
     Scale-up is not rate-limited: replicas are ordered a cold start ahead of a forecast ramp,
     and a rate limit would only delay what the forecast already justified. Scale-down is
-    allowed as soon as the forecast covers the next cold start at the provisioning quantile,
-    with a short stabilisation against flapping.
+    allowed as soon as the forecast (at the provisioning quantile) covers the next cold start;
+    `decide` holds what is needed before a replacement could be ready.
     """
 
-    provisioning_quantile: float = 0.995
+    #: Starting provisioning quantile; `models.headroom` moves it toward the SLO target.
+    provisioning_quantile: float = 0.99
+    #: Quantile levels forecast; `decide` interpolates the tuned quantile between them.
+    levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
     target_utilisation: float = 0.9
     #: Live floor: load plus the queue drained within this many seconds.
     drain_s: float = 60.0
     min_replicas: int = 1
     max_replicas: int = 10_000
-    scale_down_stabilisation_s: float = 60.0
+    #: The HPA's default: a shorter window flaps (each re-order is a paid cold start).
+    scale_down_stabilisation_s: float = 300.0
     retrain_s: float = 3600.0
+    slo_target: float = 0.99
+    tune_headroom: bool = True
 
 
 class Predictive:
     """Forecast + reactive floor through `decide`; the HPA serves until a forecast exists."""
 
     def __init__(self, fleet: Fleet, settings: PredictiveSettings, windows: History,
-                 decision_interval_s: float, fallback: ReactiveHPA) -> None:
+                 decision_interval_s: float, fallback: ReactiveHPA,
+                 forecaster: str = "auto") -> None:
         self.fleet = fleet
         self.s = settings
         self.windows = windows
-        self.interval = decision_interval_s
         self.fallback = fallback
         step = windows.step_s
         self.lead = max(1, math.ceil((fleet.cold_start_s + decision_interval_s) / step))
-        self.forecaster = PastOnlyForecaster(step, settings.provisioning_quantile, self.lead,
-                                             settings.retrain_s)
+        self.forecaster = PastOnlyForecaster(step, settings.levels, self.lead,
+                                             settings.retrain_s, forecaster)
         self.policy = ScalingPolicy(
             min_replicas=settings.min_replicas, max_replicas=settings.max_replicas,
             provisioning_quantile=settings.provisioning_quantile,
             target_utilisation=settings.target_utilisation, tolerance=0.0,
             scale_up_pods=_BIG, scale_down_pods=_BIG,
-            scale_down_stabilisation_s=settings.scale_down_stabilisation_s)
+            scale_down_stabilisation_s=settings.scale_down_stabilisation_s,
+            forecast_window_s=decision_interval_s)
+        self.headroom = Headroom(settings.provisioning_quantile, settings.slo_target,
+                                 settings.tune_headroom)
         self._cache: tuple[int, dict[float, FloatArray] | None] = (-1, None)
         self.forecast_decisions = 0
 
     def _forecast(self, now: float) -> tuple[int, dict[float, FloatArray] | None]:
         w = self.windows
-        done = int(math.floor((now - w.start) / w.step_s + 1e-9))
+        done = math.floor((now - w.start) / w.step_s + 1e-9)
         if self._cache[0] != done:
             past = w.slice(max(0, done))  # windows completed before now, never later ones
-            self._cache = (done, self.forecaster.forecast(past, self.lead + 1)
-                           if done > 0 else None)
+            if done > 0:
+                self.headroom.observe(done - 1, float(past.values[-1]))
+            qs = self.forecaster.forecast(past, self.lead + 1) if done > 0 else None
+            if qs is not None:
+                self.headroom.expect(done + self.lead - 1, qs, self.lead - 1)
+            self._cache = (done, qs)
         return self._cache
 
     def target(self, obs: Observation) -> int:
         done, qs = self._forecast(obs.now)
-        cap = self.fleet.capacity_rps
         if qs is None:
             return self.fallback.target(obs)
         self.forecast_decisions += 1
         step = self.windows.step_s
-        issued = self.windows.start + done * step
-        values = qs[self.s.provisioning_quantile]
-        # Only the windows up to the next decision's ready time matter now; later peaks are
-        # ordered by later decisions, still one cold start ahead.
-        reach = obs.now + self.fleet.cold_start_s + self.interval
-        values = values[issued + step * np.arange(values.shape[0]) < reach]
-        fc = DemandForecast(issued, step, {self.s.provisioning_quantile: values})
+        fc = DemandForecast(self.windows.start + done * step, step, qs)
         live = math.ceil((obs.load_rps + obs.queue / self.s.drain_s)
-                         / (cap * self.s.target_utilisation) - 1e-9)
-        # Never release a replica the forecast needs before a replacement could be ready.
-        t = issued + step * np.arange(values.shape[0])
-        near = values[(t + step > obs.now) & (t < obs.now + self.fleet.cold_start_s)]
-        hold = math.ceil(float(near.max()) / (cap * self.s.target_utilisation) - 1e-9) \
-            if near.size else 0
-        floor = max(live, min(hold, obs.ordered))
-        state = self.fallback.hist.state(obs.ordered, obs.now)
-        d = decide(fc, cap, self.fleet.cold_start_s, self.policy, state, obs.now, floor)
-        self.fallback.hist.record(obs.now, d.replicas, obs.ordered, d.replicas)
-        return d.replicas
+                         / (self.fleet.capacity_rps * self.s.target_utilisation) - 1e-9)
+        return self.fallback.run(fc, obs, live, self.headroom.quantile, self.policy,
+                                 self.fleet.cold_start_s)
+
+
+class Headroom:
+    """The provisioning quantile, tuned by `models.headroom` from the replay's own misses.
+
+    A window counts as a miss when its realised load exceeded what was provisioned for it
+    (the tuner's rule when latency is not observed); only completed windows are scored.
+    """
+
+    def __init__(self, quantile: float, slo_target: float, enabled: bool) -> None:
+        self.quantile = quantile
+        self.slo_target = slo_target
+        self.enabled = enabled and _headroom is not None
+        self._state = _headroom.HeadroomState(quantile=quantile) if _headroom else None
+        self._expected: dict[int, dict[float, float]] = {}
+        self.trail: list[float] = []
+
+    def expect(self, window: int, qs: dict[float, FloatArray], index: int) -> None:
+        self._expected[window] = {q: float(v[min(index, v.shape[0] - 1)]) for q, v in qs.items()}
+
+    def observe(self, window: int, actual: float) -> None:
+        expected = self._expected.pop(window, None)
+        if not self.enabled or expected is None or not math.isfinite(actual):
+            return
+        assert _headroom is not None and self._state is not None
+        levels = sorted(expected)
+        provisioned = float(np.interp(self.quantile, levels, [expected[q] for q in levels]))
+        upd = _headroom.tune_quantile(self._state,
+                                      _headroom.HeadroomObservation(provisioned, actual),
+                                      self.slo_target)
+        self._state, self.quantile = upd.state, upd.quantile
+        self.trail.append(self.quantile)
+
+
+def oracle_need(arrivals: FloatArray, dt: float, fleet: Fleet) -> FloatArray:
+    """Fewest ready replicas per step that keep every arrival within the TTFT SLO.
+
+    Knowing the realised arrivals, the oracle lets the queue take up the SLO's slack (wait up
+    to SLO minus the base TTFT at full load) instead of provisioning for every Poisson spike,
+    so that no policy meeting the SLO can be cheaper by queueing a little.
+    """
+    cap = fleet.capacity_rps
+    full = float(fleet.base_ttft(np.array([cap]))[0])
+    limit = max(0.0, (fleet.ttft_slo_s - full) * 0.999)
+    out = np.empty(arrivals.shape[0])
+    queue = 0.0
+    for k, a in enumerate(arrivals.tolist()):
+        n = math.ceil((queue + a) / (cap * (dt + limit)) - 1e-9)
+        if limit > 0:
+            n = max(n, math.ceil(queue / (cap * limit) - 1e-9))
+        out[k] = n
+        queue = max(0.0, queue + a - n * cap * dt)
+    return out
 
 
 class Oracle:
-    """Exact future demand: holds `max(need over [now, now + cold start])` replicas.
+    """Exact future demand, each replica ordered exactly one cold start ahead, via `decide`.
 
-    That envelope is the cheapest schedule with no queueing when ordering takes a cold start
-    and billing starts at the order: a replica idle for less than a cold start is cheaper
-    kept than re-ordered. It is a lower bound for zero queueing; a policy that lets a
-    queue of a few seconds build could undercut it marginally.
+    The forecast is `oracle_need` (as demand) at the simulation step; `decide` orders for the
+    step when a replica ordered now is ready and keeps what is needed before then. The
+    resulting envelope, the peak need over the next cold start, is the cheapest schedule
+    meeting the SLO when billing starts at the order: a replica idle for less than a cold
+    start is cheaper kept than re-ordered.
     """
 
-    def __init__(self, fleet: Fleet, arrivals: FloatArray, dt: float, start: float) -> None:
+    def __init__(self, fleet: Fleet, arrivals: FloatArray, dt: float) -> None:
         self.fleet = fleet
-        self.rate = arrivals / dt
+        self.rate = oracle_need(arrivals, dt, fleet) * fleet.capacity_rps * (1 - 1e-9)
         self.dt = dt
-        self.start = start
         self.span = max(1, math.ceil(fleet.cold_start_s / dt)) + 1
         self.policy = ScalingPolicy(min_replicas=0, max_replicas=_BIG, provisioning_quantile=0.5,
                                     target_utilisation=1.0, tolerance=0.0, scale_up_pods=_BIG,
-                                    scale_down_pods=_BIG, scale_down_stabilisation_s=0.0)
+                                    scale_down_pods=_BIG, scale_down_stabilisation_s=0.0,
+                                    forecast_window_s=0.0)
 
     def target(self, obs: Observation) -> int:
         k = obs.step_index
-        future = self.rate[k:k + self.span]
-        fc = DemandForecast(obs.now, int(self.dt), {0.5: future * (1 - 1e-9)})
-        d = decide(fc, self.fleet.capacity_rps, 0.0, self.policy, ScalingState(obs.ordered),
-                   obs.now)
+        fc = DemandForecast(obs.now, round(self.dt), {0.5: self.rate[k:k + self.span]})
+        d = decide(fc, self.fleet.capacity_rps, self.fleet.cold_start_s, self.policy,
+                   ScalingState(obs.ordered), obs.now)
         return d.replicas

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,12 +31,20 @@ from controller.reactive import AccuracyTracker, ReactiveTargets, reactive_floor
 from controller.state import StateStore
 from controller.training import ServedModel, TrainingReport, config_fingerprint, train_models
 from forecaster.base import Forecast, History
-from models.decide import Decision, DemandForecast, ScalingPolicy, ScalingState, decide
+from models.capacity import CapacityEstimate, capacity_at_slo
+from models.decide import (
+    Decision,
+    DemandForecast,
+    ScalingPolicy,
+    ScalingState,
+    decide,
+    next_state,
+)
+from models.headroom import HeadroomObservation, HeadroomState, tune_quantile
 
 log = logging.getLogger("forescale.loop")
 
 DECISION_LOG_SIZE = 500
-STATE_WINDOW_S = 3600.0
 #: Decisions per variant kept in the persisted state (the in-memory log keeps more).
 PERSISTED_LOG_SIZE = 50
 
@@ -68,6 +76,8 @@ class VariantRuntime:
     model: ServedModel | None = None
     scaling: ScalingState | None = None
     accuracy: AccuracyTracker = field(default_factory=AccuracyTracker)
+    headroom: HeadroomState = field(default_factory=HeadroomState)
+    capacity: CapacityEstimate | None = None
     last: DecisionRecord | None = None
     last_decision: Decision | None = None
     log: deque[DecisionRecord] = field(default_factory=lambda: deque(maxlen=DECISION_LOG_SIZE))
@@ -96,7 +106,8 @@ class Service:
         #: Credit line for plots of the data source (a trace's licence), if any.
         self.attribution = ""
         self.fingerprint = config_fingerprint(config)
-        self.variants = {v.name: VariantRuntime(v) for v in config.variants}
+        self.variants = {v.name: VariantRuntime(v, headroom=HeadroomState(
+            quantile=config.forecast.provisioning_quantile)) for v in config.variants}
         self.generation = 0
         self.last_training: TrainingReport | None = None
         self._train_lock = threading.Lock()
@@ -126,6 +137,8 @@ class Service:
                                           for t, r in data.get("recommendations", [])),
                     scale_events=tuple((float(t), int(a), int(b))
                                        for t, a, b in data.get("scale_events", [])))
+                if "quantile" in data:
+                    rt.headroom = replace(rt.headroom, quantile=float(data["quantile"]))
                 for rec in data.get("log", []):
                     rt.log.append(DecisionRecord(**{**rec, "reasons": tuple(rec["reasons"])}))
                 rt.last = rt.log[-1] if rt.log else None
@@ -142,6 +155,7 @@ class Service:
                 continue
             out[name] = {
                 "current": rt.scaling.current_replicas,
+                "quantile": rt.headroom.quantile,
                 "recommendations": [list(r) for r in rt.scaling.recommendations],
                 "scale_events": [list(e) for e in rt.scaling.scale_events],
                 "log": [asdict(r) for r in list(rt.log)[-PERSISTED_LOG_SIZE:]],
@@ -279,32 +293,46 @@ class Service:
         except (TemporaryError, PermanentError) as exc:
             self.metrics.reconcile_errors.labels(name, "forecast").inc()
             return None, f"forecast unavailable: {exc}"
-        pq = self.config.forecast.provisioning_quantile
-        values = fc.at(pq)
-        if not np.isfinite(values).all():
+        if not all(np.isfinite(v).all() for v in fc.quantiles.values()):
             self.metrics.reconcile_errors.labels(name, "forecast-nan").inc()
             return None, f"forecast from {fc.model} has NaN/Inf: ignored"
         self._track_accuracy(name, rt, fc, live)
         for q in self.config.forecast.quantiles:
             self.metrics.forecast.labels(name, str(q)).set(float(fc.at(q)[0]))
         if rt.accuracy.fallback_active and live is not None and live.request_rate is not None:
-            flat = np.full(values.shape, live.request_rate)
-            return DemandForecast(fc.issued_at, fc.step_s, {pq: flat}), \
+            flat = np.full(fc.horizon, live.request_rate)
+            return DemandForecast(fc.issued_at, fc.step_s, {0.5: flat}), \
                 "reactive fallback: forecast worse than the naive baseline recently"
-        return DemandForecast(fc.issued_at, fc.step_s, {pq: values}), f"model {fc.model}"
+        return DemandForecast(fc.issued_at, fc.step_s, dict(fc.quantiles)), f"model {fc.model}"
 
     def _track_accuracy(self, name: str, rt: VariantRuntime, fc: Forecast,
                         live: LiveSignals | None) -> None:
-        pq = self.config.forecast.provisioning_quantile
+        """Score past forecasts against the load that arrived; tune the headroom from misses."""
+        q = rt.headroom.quantile
+        lo, hi = min(fc.quantiles), max(fc.quantiles)
+        provisioned = float(fc.at(min(max(q, lo), hi))[0])
         last_actual = live.request_rate if live is not None else None
         if last_actual is not None:
-            rt.accuracy.expect(fc.issued_at, float(fc.at(0.5)[0]) if 0.5 in fc.quantiles
-                               else float(fc.at(pq)[0]), float(fc.at(pq)[0]), last_actual)
+            p50 = float(fc.at(min(max(0.5, lo), hi))[0])
+            rt.accuracy.expect(fc.issued_at, p50, provisioned, last_actual)
             # The live rate is the window just completed, which began one step ago.
+            scored = rt.accuracy.last_scored
             if rt.accuracy.observe(fc.issued_at - fc.step_s, last_actual):
                 self.metrics.forecast_miss.labels(name).inc()
+            if rt.accuracy.last_scored is not scored and rt.accuracy.last_scored is not None:
+                predicted, actual = rt.accuracy.last_scored
+                update = tune_quantile(rt.headroom, HeadroomObservation(predicted, actual),
+                                       rt.config.slo.attainment_target)
+                rt.headroom = update.state
         self.metrics.forecast_error.labels(name).set(rt.accuracy.error_ratio)
         self.metrics.fallback_active.labels(name).set(int(rt.accuracy.fallback_active))
+        self.metrics.provisioning_quantile.labels(name).set(rt.headroom.quantile)
+
+    def capacity(self, rt: VariantRuntime) -> CapacityEstimate:
+        """Per-replica capacity at the variant's SLO (curve, queueing model or stated)."""
+        if rt.capacity is None:
+            rt.capacity = capacity_at_slo(rt.config.profile, rt.config.slo)
+        return rt.capacity
 
     def reconcile_variant(self, name: str) -> DecisionRecord:
         rt = self.variants[name]
@@ -319,43 +347,46 @@ class Service:
             return self._record(rt, now, "failed", mode, None, None, None, None, "",
                                 None, (), f"cannot read current replicas: {exc}; holding",
                                 live, kind="read-replicas")
-        cap = v.profile.capacity_rps or 1.0
+        cap = self.capacity(rt)
+        if not cap.feasible:
+            return self._record(rt, now, "failed", mode, current, current, None, None, "",
+                                None, (), f"profile cannot meet the SLO at any load "
+                                f"({cap.explanation}); holding", live, kind="infeasible")
         floor, why = reactive_floor(live, current, ReactiveTargets(
-            capacity_rps=cap, target_utilisation=v.behaviour.target_utilisation,
+            capacity_rps=cap.rps, target_utilisation=v.behaviour.target_utilisation,
             queue_per_replica=v.targets.queue_per_replica,
             kv_cache_usage=v.targets.kv_cache_usage, ttft_slo_s=v.slo.ttft_p95_s))
         demand, demand_why = self._demand(name, rt, now, live)
-        state = self._scaling_state(rt, current, now)
-        decision = decide(demand, cap, v.profile.cold_start_s, self._policy(v), state, now,
-                          reactive_floor=floor)
-        predictive = decide(demand, cap, v.profile.cold_start_s, self._policy(v), state, now,
-                            reactive_floor=None).replicas if demand is not None else None
+        state = self._scaling_state(rt, current)
+        policy = self._policy(v)
+        kwargs: dict[str, Any] = {"quantile": rt.headroom.quantile,
+                                  "gpus_per_replica": v.profile.gpus_per_replica,
+                                  "gpu_hourly_usd": v.profile.gpu_hourly_usd}
+        decision = decide(demand, cap.rps, v.profile.cold_start_s, policy, state, now,
+                          reactive_floor=floor, **kwargs)
+        predictive = decide(demand, cap.rps, v.profile.cold_start_s, policy, state, now,
+                            **kwargs).replicas if demand is not None else None
         if floor is not None and predictive is not None and floor > predictive:
             self.metrics.reactive_override.labels(name).inc()
         outcome, message = self._actuate(name, target, decision, mode)
         rt.last_decision = decision
-        rt.scaling = ScalingState(
-            current_replicas=decision.replicas,
-            recommendations=(*state.recommendations, (now, decision.replicas)),
-            scale_events=state.scale_events + (((now, current, decision.replicas),)
-                                               if outcome == "scaled" else ()))
+        rt.scaling = next_state(state, decision, now, policy)
+        if outcome in ("failed", "follower"):
+            rt.scaling = replace(rt.scaling, current_replicas=current)
         self._export(name, v, decision, predictive, floor, current)
         return self._record(rt, now, outcome, mode, current, decision.replicas, predictive,
                             floor, why, decision.demand,
-                            tuple({"code": r.code, "message": r.message, "from": r.before,
+                            tuple({"code": str(r.code), "message": r.message, "from": r.before,
                                    "to": r.after} for r in decision.reasons),
                             f"{demand_why}; {message}", live,
                             kind="actuate" if outcome == "failed" else None)
 
-    def _scaling_state(self, rt: VariantRuntime, current: int, now: float) -> ScalingState:
-        prev = rt.scaling
-        if prev is None:
+    def _scaling_state(self, rt: VariantRuntime, current: int) -> ScalingState:
+        """The remembered state with the replicas observed now (someone may have changed
+        them by hand: the Deployment is the truth)."""
+        if rt.scaling is None:
             return ScalingState(current_replicas=current)
-        horizon = now - STATE_WINDOW_S
-        return ScalingState(
-            current_replicas=current,
-            recommendations=tuple(r for r in prev.recommendations if r[0] >= horizon),
-            scale_events=tuple(e for e in prev.scale_events if e[0] >= horizon))
+        return replace(rt.scaling, current_replicas=current)
 
     def _actuate(self, name: str, target: ScaleTarget, decision: Decision,
                  mode: str) -> tuple[str, str]:
@@ -384,8 +415,7 @@ class Service:
         if floor is not None:
             m.reactive.labels(name).set(floor)
         m.record_reasons(name, d.reason_codes())
-        m.provisioning_quantile.labels(name).set(self.config.forecast.provisioning_quantile)
-        m.cost_per_hour.labels(name).set(d.replicas * v.profile.cost_per_replica_hour)
+        m.cost_per_hour.labels(name).set(d.cost_per_hour)
         m.gpus.labels(name, v.profile.gpu_type).set(d.replicas * v.profile.gpus_per_replica)
         cap_total = d.replicas * d.capacity_per_replica
         unserved = max(0.0, d.demand - cap_total) if math.isfinite(d.demand) else 0.0

@@ -145,7 +145,7 @@ class TrainedModel:
         # Plain protocol models (the fallback baselines) refit on the buffer: it is cheap.
         try:
             return self.model.fit(self._buffer_history()).predict(h, qs)
-        except Exception as exc:  # noqa: BLE001 - a forecast must always come back
+        except Exception as exc:  # a forecast must always come back
             log.warning("variant %s: fallback %s failed: %s", self.variant, self.model_name, exc)
             return {q: np.full(h, np.nan) for q in qs}
 
@@ -153,7 +153,7 @@ class TrainedModel:
         hist = self._buffer_history()
         try:
             return Naive().fit(hist).predict(h, qs)
-        except Exception:  # noqa: BLE001 - no finite sample at all: nothing to forecast
+        except Exception:  # no finite sample at all: nothing to forecast
             return monotone_quantiles({q: np.zeros(h) for q in qs})
 
 
@@ -187,7 +187,7 @@ def train_one(history: History, factories: Sequence[Factory], horizon: int,
                              quantiles, 0.0, {})
         mono_deadline = None if deadline is None else time.monotonic() + (deadline - time.time())
         sel = select(history, factories, horizon, provisioning_quantile, mono_deadline)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return _fallback(history, f"selection failed: {exc}", fingerprint, quantiles,
                          time.perf_counter() - t0, {})
     fit_s = time.perf_counter() - t0
@@ -236,7 +236,7 @@ def train_all(histories: Mapping[str, History], horizon_steps: int = 30,
         if use_global or (use_global is None and len(histories) >= GLOBAL_MIN_VARIANTS):
             try:
                 booster = fit_many_booster(histories, h)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.warning("global model failed: %s", exc)
         factories = default_factories(booster)
     args = [(hist, factories, h, qs, provisioning_quantile, deadline, fingerprint)
@@ -247,7 +247,7 @@ def train_all(histories: Mapping[str, History], horizon_steps: int = 30,
         from joblib import Parallel, delayed
 
         results = Parallel(n_jobs=n_jobs)(delayed(train_one)(*a) for a in args)
-    out = {r.variant: r for r in results}
+    out = dict(zip(histories, results, strict=True))
     n_fb = fallback_count(out)
     if n_fb:
         log.warning("train_all: %d of %d variants on fallback baselines", n_fb, len(out))

@@ -76,11 +76,11 @@ def trailing_scale(values: FloatArray, window: int = 6) -> FloatArray:
     import pandas as pd
 
     s = pd.Series(values).rolling(window, min_periods=1).mean().ffill().to_numpy()
-    finite = values[np.isfinite(values)]
-    base = float(np.mean(np.abs(finite))) if finite.size else 1.0
-    floor = max(0.05 * base, 1e-6)
+    # The floor is an *expanding* mean, so it too only uses data up to each index.
+    base = pd.Series(np.abs(values)).expanding().mean().fillna(1.0).to_numpy()
+    floor = np.maximum(0.05 * base, 1e-6)
     s = np.where(np.isfinite(s), s, floor)
-    return np.maximum(np.asarray(s, dtype=np.float64), floor)
+    return np.asarray(np.maximum(s, floor), dtype=np.float64)
 
 
 def merge_tail(values: FloatArray, start: float, step_s: int, tail: History,

@@ -104,6 +104,8 @@ def test_kustomize_renders_the_base_with_the_example_config() -> None:
         ("RoleBinding", "llm-serving", "forescale-scaler"),
         ("Role", "forescale", "forescale-leader-election"),
         ("RoleBinding", "forescale", "forescale-leader-election"),
+        ("Role", "forescale", "forescale-state"),
+        ("RoleBinding", "forescale", "forescale-state"),
         ("ConfigMap", "forescale", cm["metadata"]["name"]),
         ("Deployment", "forescale", "forescale"),
         ("Service", "forescale", "forescale"),
@@ -168,8 +170,20 @@ def test_deployments_change_only_through_the_scale_subresource() -> None:
             if res == "deployments" or (group == "apps" and res.startswith("deployments")
                                         and res != "deployments/scale"):
                 assert not verbs & writes, f"{role['metadata']['name']} can write {res}"
-            assert res not in ("secrets", "pods", "pods/exec", "configmaps"), (
+            assert res not in ("secrets", "pods", "pods/exec"), (
                 f"{role['metadata']['name']} needs no access to {res}")
+            if res == "configmaps":
+                assert role["metadata"]["name"] == "forescale-state", (
+                    f"{role['metadata']['name']} needs no access to configmaps")
+
+
+def test_configmaps_only_the_state_configmap_in_the_forescale_namespace() -> None:
+    role = one(_roles(), "Role", "forescale-state")
+    assert role["metadata"]["namespace"] == "forescale"
+    assert _grants(role) == {("", "configmaps"): {"create", "get", "update"}}
+    for rule in role["rules"]:
+        if set(rule["verbs"]) & {"get", "update"}:
+            assert rule["resourceNames"] == ["forescale-state"]
 
 
 def test_leases_only_in_the_forescale_namespace_and_by_name() -> None:

@@ -162,15 +162,20 @@ class PolicyRule:
     `resources` entries follow RBAC: `deployments/scale` names a subresource, `*/scale` the
     scale subresource of any resource, `*` everything. `namespaces=None` means the rule is bound
     cluster-wide (ClusterRoleBinding); otherwise only in those namespaces (RoleBindings).
+    `resource_names`, as in RBAC, restricts to named objects, so it never matches create or
+    list (their URLs carry no name).
     """
 
     verbs: tuple[str, ...]
     api_groups: tuple[str, ...]
     resources: tuple[str, ...]
     namespaces: tuple[str, ...] | None = None
+    resource_names: tuple[str, ...] | None = None
 
     def allows(self, info: RequestInfo) -> bool:
         if "*" not in self.verbs and info.verb not in self.verbs:
+            return False
+        if self.resource_names and info.name not in self.resource_names:
             return False
         if "*" not in self.api_groups and info.api_group not in self.api_groups:
             return False
@@ -196,6 +201,37 @@ def rule(
         tuple(resources.split(",")),
         tuple(namespaces) if namespaces is not None else None,
     )
+
+
+def rules_from_manifests(
+    documents: Sequence[Mapping[str, Any]], service_account: str, namespace: str
+) -> list[PolicyRule]:
+    """The rules RBAC manifests (Roles, ClusterRoles and their bindings) grant a ServiceAccount,
+    so tests can run the controller with exactly what `deploy/` gives it."""
+    roles: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for doc in documents:
+        if doc.get("kind") in ("Role", "ClusterRole"):
+            meta = doc.get("metadata") or {}
+            key = (doc["kind"], meta.get("namespace", "") if doc["kind"] == "Role" else "",
+                   meta["name"])
+            roles[key] = list(doc.get("rules") or [])
+    granted: list[PolicyRule] = []
+    for doc in documents:
+        if doc.get("kind") not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        if not any(s.get("kind") == "ServiceAccount" and s.get("name") == service_account
+                   and s.get("namespace") == namespace for s in doc.get("subjects") or []):
+            continue
+        bound_ns = (doc.get("metadata") or {}).get("namespace", "")
+        ref = doc["roleRef"]
+        key = (ref["kind"], bound_ns if ref["kind"] == "Role" else "", ref["name"])
+        scope = (bound_ns,) if doc["kind"] == "RoleBinding" else None
+        for r in roles.get(key, []):
+            names = r.get("resourceNames")
+            granted.append(PolicyRule(tuple(r.get("verbs") or ()), tuple(r.get("apiGroups") or ()),
+                                      tuple(r.get("resources") or ()), scope,
+                                      tuple(names) if names else None))
+    return granted
 
 
 @dataclass(frozen=True)
@@ -646,7 +682,7 @@ class K8sEmulator:
     def stop(self) -> None:
         """Close clients handed out by `api_client`, stop the server and join its thread."""
         for api in self._clients:
-            api.close()
+            api.close()  # type: ignore[no-untyped-call]
         self._clients.clear()
         if self._server is not None:
             self._server.should_exit = True

@@ -20,7 +20,7 @@ Layout: every series ends at `END_TIME` (2025-01-01T00:00:00Z). The 14-day Serve
 cover the 14 days before it, the one-day ones the last day, the one-hour Azure and Mooncake
 traces the last hour. Each series carries `model_name="<series name>"` and `namespace="llm"`.
 
-Register with `pytest_plugins = ["support.prom"]`; fixtures: `prometheus_blocks` (session,
+Register with `pytest_plugins = ["tests.support.prom"]`; fixtures: `prometheus_blocks` (session,
 the cached block directory), `prometheus_backfilled` (session, a started server on those
 blocks) and `prometheus_factory` (function, starts empty/custom servers, stops them all).
 """
@@ -334,8 +334,10 @@ def cached_blocks(data_dir: Path = DATA_DIR) -> Path:
     root = _cache_root()
     target = root / blocks_key(data_dir)
     if target.is_dir():
+        os.utime(target)  # marks it used, so pruning keeps it
         return target
     root.mkdir(parents=True, exist_ok=True)
+    _prune(root)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     try:
         build_blocks(tmp / "blocks", list(load_series(data_dir).values()))
@@ -346,6 +348,19 @@ def cached_blocks(data_dir: Path = DATA_DIR) -> Path:
     if not target.is_dir():
         raise RuntimeError(f"could not create the block cache at {target}")
     return target
+
+
+def _prune(root: Path, unused_for_s: float = 2 * _DAY) -> None:
+    """Delete cache entries nobody used for a while: every edit of this module makes one.
+
+    Servers never run on the cache itself (blocks are linked into their own data dir), so
+    removing an entry cannot break a running server.
+    """
+    cutoff = time.time() - unused_for_s
+    for entry in root.iterdir():
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def install_blocks(blocks: Path, data_dir: Path) -> None:

@@ -1,0 +1,134 @@
+"""Forecasting benchmark: accuracy (the backtest) and speed on the shipped real traces.
+
+Run: /work/venv/bin/python bench/forecast_bench.py [--data DIR] [--jobs 2]
+
+1. Accuracy: `run_backtest` on every trace in the data directory, ratios vs baselines.
+2. Speed: `train_all` on 1, 10 and 100 variants of 14 days at 1-minute steps. The series are
+   the real ServeGen 10-minute series interpolated to 1 minute, with copies shifted in time
+   (whole hours, wrapped) and rescaled — real shapes, no invented traffic. Peak memory is the
+   max RSS of this process and its workers; predict time is per variant for 30 steps.
+Targets (from the issue) are printed beside the measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from forecaster.backtest import render_table, run_backtest
+from forecaster.base import History
+from forecaster.engine import fallback_count, train_all
+from forecaster.trace import read_trace
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+console = Console(width=160)
+
+
+def minute_series(data: Path, count: int, seed: int = 0) -> dict[str, History]:
+    """`count` 14-day 1-minute series from the long ServeGen series (see module doc)."""
+    trace = read_trace(data / "servegen_per_10min.csv.gz")
+    bases = [t for t in trace.values() if len(t) >= 2016]
+    rng = np.random.default_rng(seed)
+    out: dict[str, History] = {}
+    for i in range(count):
+        base = bases[i % len(bases)]
+        src = base.requests
+        t10 = np.arange(src.shape[0]) * 10.0
+        t1 = np.arange(src.shape[0] * 10, dtype=np.float64)
+        y = np.interp(t1, t10, src)
+        if i >= len(bases):
+            y = np.roll(y, 60 * int(rng.integers(1, 24 * 7))) * float(rng.uniform(0.2, 3.0))
+        out[f"{base.name}-copy{i}"] = History(f"{base.name}-copy{i}", base.start, 60, y)
+    return out
+
+
+def accuracy(data: Path, jobs: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for path in sorted(p for p in data.iterdir() if ".csv" in p.name):
+        t0 = time.perf_counter()
+        result = run_backtest(path, None, None, None, n_jobs=jobs)
+        console.print(render_table(result))
+        console.print(f"{path.name}: backtest took {time.perf_counter() - t0:.1f} s")
+        rows.extend(result["series"])
+    return rows
+
+
+def speed(data: Path, jobs: int) -> list[tuple[int, float, float, int, float]]:
+    out = []
+    for count in (1, 10, 100):
+        hist = minute_series(data, count)
+        t0 = time.perf_counter()
+        models = train_all(hist, horizon_steps=30, quantiles=(0.5, 0.9), budget_s=120,
+                           n_jobs=jobs)
+        train_s = time.perf_counter() - t0
+        times = []
+        for m in models.values():
+            m.forecast(None, None, 30)
+            t1 = time.perf_counter()
+            m.forecast(None, None, 30)
+            times.append(time.perf_counter() - t1)
+        out.append((count, train_s, statistics.median(times) * 1000, fallback_count(models),
+                    _peak_mb()))
+        picked: dict[str, int] = {}
+        for m in models.values():
+            picked[m.model_name] = picked.get(m.model_name, 0) + 1
+        console.print(f"{count} variants: chosen models {picked}")
+    return out
+
+
+def _peak_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) / 1024.0
+
+
+def summary(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="accuracy vs targets (all traces, default horizons)")
+    for c in ("metric", "value", "target"):
+        table.add_column(c)
+    ratios = [r["ratio_vs_best_baseline"] for r in rows if r["ratio_vs_best_baseline"]]
+    pins = [r["pinball_p90"] / r["pinball_p90_baseline"] for r in rows
+            if r["pinball_p90_baseline"]]
+    covs = [r["coverage_p90"] for r in rows if r["coverage_p90"] is not None]
+    table.add_row("median MAE / best baseline", f"{statistics.median(ratios):.3f}", "<= 0.85")
+    table.add_row("worst MAE / best baseline", f"{max(ratios):.3f}", "<= 1.05")
+    table.add_row("median p90 pinball / naive p90", f"{statistics.median(pins):.3f}", "<= 0.85")
+    table.add_row("mean p90 coverage", f"{statistics.fmean(covs):.3f}", "0.85-0.95")
+    table.add_row("p90 coverage range", f"{min(covs):.2f}-{max(covs):.2f}", "0.85-0.95")
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--skip-speed", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    rows = accuracy(args.data, args.jobs)
+    console.print(summary(rows))
+    if args.skip_speed:
+        return
+    table = Table(title="training speed: 14 days x 1-minute steps (targets: 100 variants "
+                        "< 30 s, < 1 GB; predict 30 steps < 5 ms/variant)")
+    for c in ("variants", "train_all s", "predict ms/variant", "fallbacks", "peak RSS MB"):
+        table.add_column(c, justify="right")
+    for count, train_s, pred_ms, n_fb, mb in speed(args.data, args.jobs):
+        table.add_row(str(count), f"{train_s:.1f}", f"{pred_ms:.2f}", str(n_fb), f"{mb:.0f}")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The backtest JSON contract the CLI prints."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from forecaster.backtest import default_horizon, render_table, run_backtest
+
+DATA = Path(__file__).parents[2] / "shared" / "data"
+ROW_KEYS = {"name", "model", "mae", "mae_naive", "mae_seasonal_daily", "mae_seasonal_weekly",
+            "ratio_vs_best_baseline", "pinball_p90", "pinball_p90_baseline", "coverage_p90",
+            "fit_seconds", "predict_seconds"}
+SUMMARY_KEYS = {"median_ratio_vs_best_baseline", "median_pinball_p90_ratio",
+                "mean_coverage_p90"}
+
+
+def test_backtest_json_shape_and_null_seasonal_baselines_on_one_hour_traces() -> None:
+    calls: list[tuple[str, int, int]] = []
+    result = run_backtest(DATA / "azure_llm_2023_per_10s.csv", ["azure2023-conv"], None,
+                          lambda *a: calls.append(a), n_jobs=1)
+    assert set(result) == {"series", "summary"}
+    (row,) = result["series"]
+    assert set(row) == ROW_KEYS and set(result["summary"]) == SUMMARY_KEYS
+    assert row["mae_seasonal_daily"] is None and row["mae_seasonal_weekly"] is None
+    assert row["ratio_vs_best_baseline"] == row["mae"] / row["mae_naive"]
+    assert 0.0 <= row["coverage_p90"] <= 1.0
+    assert calls == [("azure2023-conv", 1, 1)]
+    json.dumps(result, allow_nan=False)
+    out = io.StringIO()
+    Console(width=200, file=out).print(render_table(result))
+    assert "azure2023-conv" in out.getvalue()
+
+
+def test_default_horizon_is_thirty_minutes_capped_at_thirty_steps() -> None:
+    assert (default_horizon(600), default_horizon(60), default_horizon(10)) == (3, 30, 30)

@@ -1,0 +1,112 @@
+"""The orchestrator: selection, fallback on failure/NaN/budget, forecasting from new data."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Self
+
+import numpy as np
+import pytest
+
+from forecaster.base import FloatArray, History
+from forecaster.calibrated import PointForecaster
+from forecaster.engine import config_fingerprint, fallback_count, train_all
+from forecaster.selection import ProtocolAdapter, choose
+
+
+def daily_series(days: int = 3, step_s: int = 600, seed: int = 0) -> History:
+    rng = np.random.default_rng(seed)
+    n = days * 86_400 // step_s
+    t = np.arange(n) * step_s
+    y = 100 + 40 * np.sin(2 * np.pi * t / 86_400) + rng.normal(0, 3, n)
+    return History(f"v{seed}", 1_736_121_600.0, step_s, y)
+
+
+class Raising:
+    name = "raising"
+
+    def fit(self, history: History) -> Self:
+        raise RuntimeError("boom")
+
+    def predict(self, horizon: int, quantiles: Sequence[float]) -> dict[float, FloatArray]:
+        raise AssertionError("unreachable")
+
+
+class NaNs:
+    name = "nans"
+
+    def fit(self, history: History) -> Self:
+        return self
+
+    def predict(self, horizon: int, quantiles: Sequence[float]) -> dict[float, FloatArray]:
+        return {q: np.full(horizon, np.nan) for q in quantiles}
+
+
+def adapter(cls: type) -> object:
+    return lambda h, q: ProtocolAdapter(cls, h, q)
+
+
+@pytest.mark.parametrize("bad", [Raising, NaNs])
+def test_failing_candidate_falls_back_to_a_baseline_and_is_counted(
+        bad: type, caplog: pytest.LogCaptureFixture) -> None:
+    hist = {"a": daily_series(seed=1), "b": daily_series(seed=2)}
+    with caplog.at_level(logging.WARNING):
+        models = train_all(hist, 6, (0.5, 0.9), 0.9, budget_s=60, n_jobs=1,
+                           factories=[adapter(bad)])  # type: ignore[list-item]
+    assert fallback_count(models) == 2
+    for m in models.values():
+        assert m.model_name in ("naive", "seasonal_naive_daily")
+        assert "every model candidate failed" in (m.fallback_reason or "")
+        assert "nans" in m.failures or "raising" in m.failures
+        fc = m.forecast(None, None, 6, (0.5, 0.9))
+        assert np.isfinite(fc.quantiles[0.9]).all()
+    assert "falling back" in caplog.text
+
+
+def test_exhausted_budget_gives_the_seasonal_fallback() -> None:
+    models = train_all({"a": daily_series()}, 6, budget_s=-1.0, n_jobs=1)
+    m = models["a"]
+    assert m.fallback_reason is not None and "budget" in m.fallback_reason
+    assert m.model_name == "seasonal_naive_daily"
+    assert np.isfinite(m.forecast(None, None, 6).quantiles[0.9]).all()
+
+
+def test_short_history_falls_back_to_naive() -> None:
+    short = History("s", 0.0, 600, np.array([1.0, 2.0, 3.0]))
+    m = train_all({"s": short}, 3, n_jobs=1)["s"]
+    assert m.model_name == "naive" and m.fallback_reason is not None
+
+
+def test_train_all_records_choice_window_and_scores_in_parallel() -> None:
+    hist = {f"v{i}": daily_series(seed=i) for i in range(3)}
+    fp = config_fingerprint({"horizon": 6, "q": 0.9})
+    models = train_all(hist, 6, (0.5, 0.9), 0.9, budget_s=120, n_jobs=2, fingerprint=fp,
+                       use_global=False)
+    assert set(models) == set(hist)
+    for name, m in models.items():
+        assert m.fingerprint == fp and m.fallback_reason is None
+        assert (m.trained_from, m.trained_to) == (hist[name].start, hist[name].end)
+        assert "naive" in m.candidates and m.model_name in m.candidates
+        assert 0.0 <= m.coverage_p90 <= 1.0 and m.fit_seconds > 0
+
+
+def test_forecast_uses_newer_samples_and_skips_elapsed_steps() -> None:
+    h = daily_series()
+    m = train_all({"a": h}, 6, n_jobs=1, use_global=False)["a"]
+    tail = History("a", h.end, h.step_s, np.full(3, 1000.0))
+    fc = m.forecast(tail, issued_at=h.end + 5 * h.step_s, horizon=6, quantiles=(0.5, 0.9))
+    assert fc.issued_at == h.end + 5 * h.step_s
+    assert fc.horizon == 6 and fc.model == m.model_name
+    assert fc.quantiles[0.5][0] > 300
+
+
+def test_choose_never_beats_the_best_baseline_backwards() -> None:
+    assert choose([]) is None
+    hist = daily_series()
+    models: list[PointForecaster] = []
+    from forecaster.calibrated import NaivePoint
+
+    models.append(NaivePoint(6).fit(hist))
+    chosen = choose(models)
+    assert chosen is not None and chosen.name == "naive"

@@ -1,0 +1,90 @@
+"""Error budgets per model on recorded slices of the real traces (darts-style table).
+
+Budgets are the holdout MAE relative to the calibrated naive forecast on the same origins,
+recorded when the models were written plus ~10% headroom: a change that makes a model
+clearly worse on real traffic fails here. Coverage of the p90 must stay sane too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from forecaster.base import History
+from forecaster.calibrated import NaivePoint, PointForecaster
+from forecaster.models_lgbm import LGBMForecaster, fit_many
+from forecaster.models_stats import LevelBlend, SeasonalHolt
+from forecaster.trace import read_trace
+
+DATA = Path(__file__).parents[2] / "shared" / "data"
+
+
+@cache
+def recorded(name: str) -> tuple[History, int]:
+    """First week of a ServeGen series at 30-minute horizon, or a 10 s trace at 5 minutes."""
+    if name.startswith("servegen"):
+        h = read_trace(DATA / "servegen_per_10min.csv.gz", [name])[name].history()
+        return h.slice(1008), 3
+    h = read_trace(DATA / "mooncake_per_10s.csv")[name].history()
+    return h, 30
+
+
+Make = Callable[[int], PointForecaster]
+BUDGETS: list[tuple[str, str, Make, float]] = [
+    ("servegen-m-small", "blend", lambda h: LevelBlend(h), 0.85),
+    ("servegen-m-small", "ets_hw", lambda h: SeasonalHolt("hw", h), 1.0),
+    ("servegen-m-small", "mstl_ets", lambda h: SeasonalHolt("mstl", h), 1.1),
+    ("servegen-m-small", "lgbm", lambda h: LGBMForecaster(h), 1.05),
+    ("servegen-m-large", "blend", lambda h: LevelBlend(h), 1.05),
+    ("servegen-m-large", "holt", lambda h: SeasonalHolt("none", h), 1.05),
+    ("servegen-m-large", "lgbm", lambda h: LGBMForecaster(h), 1.2),
+    ("mooncake-conversation", "blend", lambda h: LevelBlend(h), 0.77),
+    ("mooncake-conversation", "holt", lambda h: SeasonalHolt("none", h), 0.75),
+    ("mooncake-conversation", "lgbm", lambda h: LGBMForecaster(h), 0.77),
+]
+
+
+@pytest.mark.parametrize(("series", "model", "make", "budget"), BUDGETS,
+                         ids=[f"{s}-{m}" for s, m, _, _ in BUDGETS])
+def test_model_stays_within_its_error_budget(series: str, model: str, make: Make,
+                                             budget: float) -> None:
+    history, horizon = recorded(series)
+    naive = NaivePoint(horizon).fit(history)
+    fitted = make(horizon).fit(history)
+    assert fitted.name == model
+    assert fitted.scores is not None and naive.scores is not None
+    assert fitted.scores.mae / naive.scores.mae <= budget
+    assert 0.75 <= fitted.scores.coverage <= 1.0
+
+
+def test_quantile_paths_are_ordered_and_non_negative() -> None:
+    history, horizon = recorded("servegen-m-small")
+    out = LevelBlend(horizon).fit(history).predict(horizon, [0.1, 0.5, 0.9, 0.99])
+    stacked = np.vstack([out[q] for q in sorted(out)])
+    assert (np.diff(stacked, axis=0) >= 0).all() and (stacked >= 0).all()
+
+
+def test_update_moves_the_forecast_without_refitting() -> None:
+    history, horizon = recorded("servegen-m-small")
+    model = LevelBlend(horizon).fit(history.slice(900))
+    alpha = model.alpha
+    before = model.predict(horizon, [0.5])[0.5]
+    tail = History(history.variant, history.start + 900 * history.step_s, history.step_s,
+                   np.full(10, 5 * float(np.nanmax(history.values))))
+    after = model.update(tail).predict(horizon, [0.5])[0.5]
+    assert model.alpha == alpha
+    assert after.mean() > before.mean() * 2
+
+
+def test_global_model_serves_every_long_enough_variant() -> None:
+    trace = read_trace(DATA / "servegen_per_10min.csv.gz")
+    histories = {k: t.history() for k, t in trace.items()}
+    models = fit_many(histories, horizon=3)
+    assert {"servegen-m-large", "servegen-m-mid", "servegen-m-small"} <= set(models)
+    assert all(m.name == "lgbm_global" for m in models.values())
+    out = models["servegen-m-small"].predict(3, [0.5, 0.9])
+    assert np.isfinite(out[0.9]).all()
