@@ -176,6 +176,7 @@ class KubernetesScaleTarget:
     ) -> None:
         if max_conflict_retries < 0:
             raise ValueError("max_conflict_retries must be >= 0")
+        self.api_client = api_client  # shared with the LeaderElector: one connection pool
         self.deployments = dict(deployments)
         self.component = component
         self.instance = instance or default_instance(component)
@@ -320,7 +321,10 @@ class KubernetesScaleTarget:
                 namespace, event, _request_timeout=self.request_timeout_s
             )
         except Exception as exc:
-            reported = translate_error(exc, "create", "events.events.k8s.io", namespace)
+            reported: BaseException = (
+                translate_error(exc, "create", "events.events.k8s.io", namespace)
+                if isinstance(exc, CLIENT_ERRORS) else exc
+            )
             logger.warning("scaled %s/%s but could not post the %s Event: %s", namespace, name,
                            EVENT_REASON, reported)
 

@@ -29,7 +29,13 @@ from controller.protocols import (
 )
 from controller.reactive import AccuracyTracker, ReactiveTargets, reactive_floor
 from controller.state import StateStore
-from controller.training import ServedModel, TrainingReport, config_fingerprint, train_models
+from controller.training import (
+    ServedModel,
+    TrainingReport,
+    config_fingerprint,
+    load_models,
+    train_models,
+)
 from forecaster.base import Forecast, History
 from models.capacity import CapacityEstimate, capacity_at_slo
 from models.decide import (
@@ -114,6 +120,12 @@ class Service:
         self._forecast_cache: dict[tuple[Any, ...], Forecast] = {}
         self.state_store = state_store
         self._restore()
+        for name, model in load_models(config.forecast.model_dir, list(self.variants),
+                                       self.fingerprint).items():
+            self.variants[name].model = model
+            self.metrics.record_model(name, model.model_name)
+            log.info("serving %s with persisted model %s", name, model.model_name)
+        self.metrics.ready.set(1 if self.ready() else 0)
 
     # ------------------------------------------------------------------ restart safety
     def _restore(self) -> None:
@@ -234,7 +246,7 @@ class Service:
         cached = self._forecast_cache.get(key)
         if cached is not None:
             return cached
-        tail = self.source.history(name, issued - rt.model.tail_s, issued, step)
+        tail = self.source.history(name, rt.model.tail_start(issued), issued, step)
         fc = rt.model.forecast(tail, h, qs)
         if len(self._forecast_cache) > 1024:
             self._forecast_cache.clear()

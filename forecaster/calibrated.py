@@ -35,12 +35,14 @@ from forecaster.prep import DEFAULT_MAX_GAP, fill_short_gaps, merge_tail, traili
 
 IntArray = np.ndarray[tuple[int], np.dtype[np.int64]]
 
-#: Share of the history held out for calibration and scoring (bounded below and above).
-HOLDOUT_FRACTION = 0.2
+#: Share of the history held out for selection and calibration (bounded below and above).
+HOLDOUT_FRACTION = 0.5
 #: At most this many holdout origins are replayed (the most recent ones).
 MAX_HOLDOUT_ORIGINS = 1500
 #: Of the holdout origins, the first part calibrates and the rest scores, for honest scores.
-SCORE_SPLIT = 0.6
+SCORE_SPLIT = 0.5
+#: Calibration keeps at most this many origins' errors (the most recent).
+MAX_CAL_ORIGINS = 2016
 
 
 def pinball(y: FloatArray, pred: FloatArray, q: float) -> float:
@@ -49,6 +51,14 @@ def pinball(y: FloatArray, pred: FloatArray, q: float) -> float:
     loss = np.maximum(q * diff, (q - 1.0) * diff)
     ok = np.isfinite(loss)
     return float(loss[ok].mean()) if ok.any() else math.nan
+
+
+def _row_nanmean(a: FloatArray) -> FloatArray:
+    """Mean of each row ignoring NaN (NaN for a row with no finite value), without warnings."""
+    ok = np.isfinite(a)
+    cnt = ok.sum(axis=1)
+    tot = np.where(ok, a, 0.0).sum(axis=1)
+    return np.asarray(np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -68,7 +78,38 @@ class HoldoutScores:
 
 @dataclass
 class _Calibration:
-    rel_errors: FloatArray = field(default_factory=lambda: np.zeros((0, 1)))
+    """Held-out errors per lead (rows: origins) and whether they are relative to the load."""
+
+    errors: FloatArray = field(default_factory=lambda: np.zeros((0, 1)))
+    scaled: bool = True
+    cache: dict[float, FloatArray] = field(default_factory=dict)
+
+    def offsets(self, q: float) -> FloatArray:
+        """Per-lead `q` quantile of the errors (computed once per level)."""
+        out = self.cache.get(q)
+        if out is None:
+            out = _nanquantile_cols(self.errors, q)
+            self.cache[q] = out
+        return out
+
+
+@dataclass
+class Holdout:
+    """A model's point paths on the holdout origins (kept only while selection runs)."""
+
+    origins: IntArray
+    actual: FloatArray
+    paths: FloatArray
+    scale: FloatArray  # (n, 1) trailing load scale at each origin
+    n_cal: int  # the first n_cal rows calibrate, the rest score
+
+
+@dataclass(frozen=True)
+class OriginLosses:
+    """Per-origin losses on the scoring origins (averaged over leads), for paired tests."""
+
+    mae: FloatArray
+    pinball: FloatArray
 
 
 def holdout_origins(n: int, horizon: int) -> tuple[int, IntArray]:
@@ -96,11 +137,20 @@ class PointForecaster(ABC):
 
     `horizon` is the longest lead calibrated; a longer `predict` reuses the last lead's
     errors (a wider band would be more honest, but the service never asks past it).
+
+    Calibration is split-conformal per lead time. The errors are either absolute or
+    relative to the trailing load scale at the origin; which one is chosen on the holdout
+    (calibrate on its first part, score on the rest), because bursty series dominated by a
+    few clients have errors that do not grow with the level. Parameter-free models
+    (`parameter_free`) also calibrate on origins before the holdout: their errors there are
+    just as honest, and a longer error window gives steadier quantiles.
     """
 
     name: str = "point"
     #: Samples a model needs before the holdout (checked with a clear message).
     min_fit: int = 2
+    #: True when nothing is estimated from data (errors before the holdout are honest too).
+    parameter_free: bool = False
 
     def __init__(self, horizon: int = 30, provisioning_quantile: float = 0.9,
                  max_gap: int = DEFAULT_MAX_GAP) -> None:
@@ -112,6 +162,8 @@ class PointForecaster(ABC):
         self._start = 0.0
         self._step_s = 1
         self.scores: HoldoutScores | None = None
+        self.losses: OriginLosses | None = None
+        self.holdout: Holdout | None = None
         self.trained_from = 0.0
         self.trained_to = 0.0
 
@@ -129,6 +181,10 @@ class PointForecaster(ABC):
         """Samples of recent history `predict` needs (the buffer kept after fit)."""
         return 2048
 
+    def _first_origin(self) -> int:
+        """First origin a parameter-free model can be calibrated on."""
+        return 0
+
     # ---- the shared machinery ----------------------------------------------------------
     def fit(self, history: History) -> Self:
         """Fit on the older part, calibrate and score on the holdout, keep a buffer."""
@@ -142,30 +198,60 @@ class PointForecaster(ABC):
                                         need + self.horizon + 10)
         self._step_s = history.step_s
         self._fit_params(y[:split], history.start, history.step_s)
+        n_cal = max(1, int(origins.shape[0] * SCORE_SPLIT))
+        if self.parameter_free:
+            first = max(self._first_origin(), int(origins[0]) - max(0, MAX_CAL_ORIGINS - n_cal))
+            before = np.arange(first, int(origins[0]), dtype=np.int64)
+            origins = np.concatenate((before, origins))
+            n_cal += int(before.shape[0])
         paths = self._paths(y, history.start, history.step_s, origins, self.horizon)
         if not np.isfinite(paths).any():
             raise ValueError(f"{self.name}: model produced no finite forecast on the holdout")
         actual = future_matrix(y, origins, self.horizon)
         scale = trailing_scale(y)[origins][:, None]
-        rel = (actual - paths) / scale
-        self._cal = _Calibration(rel)
-        self.scores = self._score(actual, paths, scale, rel)
+        self.calibrate(Holdout(origins, actual, paths, scale, n_cal))
         self._y = y[-self.lookback():].copy()
         self._start = history.start + (n - self._y.shape[0]) * history.step_s
         self.trained_from, self.trained_to = history.start, history.end
         return self
 
-    def _score(self, actual: FloatArray, paths: FloatArray, scale: FloatArray,
-               rel: FloatArray) -> HoldoutScores:
+    def calibrate(self, hold: Holdout) -> None:
+        """Choose absolute or relative errors, score honestly, keep the errors per lead."""
         q = self.provisioning_quantile
-        cut = max(1, int(rel.shape[0] * SCORE_SPLIT))
-        offs = _nanquantile_cols(rel[:cut], q)
-        upper = paths[cut:] + scale[cut:] * offs[None, :]
-        ok = np.isfinite(actual[cut:]) & np.isfinite(upper)
-        cover = float((actual[cut:][ok] <= upper[ok]).mean()) if ok.any() else math.nan
-        err = np.abs(actual - paths)
-        mae = float(np.nanmean(err)) if np.isfinite(err).any() else math.nan
-        return HoldoutScores(mae, pinball(actual[cut:], upper, q), cover, q, rel.shape[0])
+        cut = hold.n_cal
+        err = hold.actual - hold.paths
+        best: tuple[float, bool, FloatArray] | None = None
+        for scaled in (True, False):
+            unit = hold.scale if scaled else np.ones_like(hold.scale)
+            rel = err / unit
+            offs = _nanquantile_cols(rel[max(0, cut - MAX_CAL_ORIGINS):cut], q)
+            upper = hold.paths[cut:] + unit[cut:] * offs[None, :]
+            loss = pinball(hold.actual[cut:], upper, q)
+            if best is None or loss < best[0]:
+                best = (loss, scaled, upper)
+        assert best is not None
+        _, scaled, upper = best
+        actual = hold.actual[cut:]
+        unit = hold.scale if scaled else np.ones_like(hold.scale)
+        self._cal = _Calibration((err / unit)[-MAX_CAL_ORIGINS:], scaled)
+        diff = actual - upper
+        pin = _row_nanmean(np.maximum(q * diff, (q - 1.0) * diff))
+        abs_err = _row_nanmean(np.abs(actual - hold.paths[cut:]))
+        self.losses = OriginLosses(abs_err, pin)
+        ok = np.isfinite(actual) & np.isfinite(upper)
+        cover = float((actual[ok] <= upper[ok]).mean()) if ok.any() else math.nan
+        all_err = np.abs(err[cut:])
+        mae = float(np.nanmean(all_err)) if np.isfinite(all_err).any() else math.nan
+        self.scores = HoldoutScores(mae, pinball(actual, upper, q), cover, q,
+                                    int(actual.shape[0]))
+        # Only the scoring rows are shared with other candidates (same origins for all).
+        self.holdout = Holdout(hold.origins[cut:], actual, hold.paths[cut:], hold.scale[cut:],
+                               0)
+
+    def release(self) -> None:
+        """Drop the holdout paths (selection is done; keeps pickles small)."""
+        self.holdout = None
+        self.losses = None
 
     def update(self, history: History) -> Self:
         """Merge newer samples into the buffer without refitting (cheap; see module doc)."""
@@ -186,7 +272,7 @@ class PointForecaster(ABC):
         return np.asarray(self._paths(y, self._start, self._step_s, origin, horizon)[0])
 
     def predict(self, horizon: int, quantiles: Sequence[float]) -> dict[float, FloatArray]:
-        """Quantile paths: point + current scale x per-lead quantile of relative errors."""
+        """Quantile paths: point + (current scale or 1) x per-lead quantile of the errors."""
         h = check_horizon(horizon)
         qs = check_quantiles(quantiles)
         if self._y is None:
@@ -195,14 +281,17 @@ class PointForecaster(ABC):
         if not np.isfinite(point).all():
             last = self._y[np.isfinite(self._y)]
             point = np.where(np.isfinite(point), point, last[-1] if last.size else np.nan)
-        scale = float(trailing_scale(self._y[-64:])[-1])
-        rel = self._cal.rel_errors
-        lead = np.minimum(np.arange(h), rel.shape[1] - 1)
+        scale = current_scale(self._y) if self._cal.scaled else 1.0
+        lead = np.minimum(np.arange(h), self._cal.errors.shape[1] - 1)
         out: dict[float, FloatArray] = {}
         for q in qs:
-            offs = _nanquantile_cols(rel, q)
-            out[q] = point + scale * offs[lead]
+            out[q] = point + scale * self._cal.offsets(q)[lead]
         return monotone_quantiles(out)
+
+
+def current_scale(y: FloatArray) -> float:
+    """`trailing_scale` at the newest sample, computed from the tail only (fast)."""
+    return float(trailing_scale(y[-64:])[-1])
 
 
 def _nanquantile_cols(rel: FloatArray, q: float) -> FloatArray:
@@ -237,6 +326,7 @@ class NaivePoint(PointForecaster):
 
     name = "naive"
     min_fit = 1
+    parameter_free = True
 
     def _fit_params(self, y: FloatArray, start: float, step_s: int) -> None:
         del y, start, step_s
@@ -265,8 +355,13 @@ class SeasonalNaivePoint(PointForecaster):
         if y.shape[0] < self._period + 1:
             raise NotEnoughHistoryError(self.name, y.shape[0], self._period + 1)
 
+    parameter_free = True
+
     def lookback(self) -> int:
         return self._period + 64
+
+    def _first_origin(self) -> int:
+        return self._period
 
     def _paths(self, y: FloatArray, start: float, step_s: int, origins: IntArray,
                horizon: int) -> FloatArray:
