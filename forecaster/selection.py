@@ -1,11 +1,16 @@
 """Per-variant model selection on the variant's own recent history.
 
-Every candidate is a `PointForecaster`, fitted on the older part of the history and scored
-on the same holdout origins (rolling origin: each forecast sees only its past). The calibrated
-naive and seasonal-naive baselines are always candidates, and a model is only eligible when
-it is no worse than the best baseline on *both* MAE (the median's accuracy) and pinball loss
-at the provisioning quantile (what the replicas are sized from). So selection can never pick
-something worse than the best baseline on the selection window.
+Every candidate is a `PointForecaster`, fitted on the older part of the history and replayed
+on the same holdout origins (rolling origin: each forecast sees only its past). The
+calibrated naive and seasonal-naive baselines are always candidates, and so are equal-weight
+combinations of the best two and three candidates (see `forecaster.combination`).
+
+The guard (`choose`): a model is only eligible when it beats the best baseline on MAE by
+more than noise, judged by a Diebold-Mariano-style test on the per-origin loss differences
+(mean + `GUARD_Z` x HAC standard error < 0, Bartlett weights up to the horizon, since
+forecasts from neighbouring origins overlap), and its pinball loss at the provisioning
+quantile is no worse than the best baseline's. Otherwise a baseline serves, with its own
+calibrated quantiles. A small win on a short window is noise; a wrong pick costs more.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from forecaster.calibrated import (
     NaivePoint,
     PointForecaster,
     SeasonalNaivePoint,
+    dm_upper,
 )
+from forecaster.combination import Combination
 from forecaster.models_lgbm import LGBMForecaster
 from forecaster.models_stats import DAY_S, LevelBlend, SeasonalHolt
 
@@ -33,6 +40,11 @@ log = logging.getLogger(__name__)
 
 Factory = Callable[[int, float], PointForecaster]
 BASELINE_NAMES = frozenset({"naive", "seasonal_naive_daily"})
+#: One-sided z of the guard: a model must beat the best baseline by this many standard
+#: errors of the mean per-origin MAE difference (1.0: about 84% one-sided confidence).
+GUARD_Z = 1.0
+#: Combinations of the best 2..COMBINE_MAX candidates are candidates too.
+COMBINE_MAX = 3
 
 
 def baseline_factories() -> list[Factory]:
@@ -110,28 +122,75 @@ def _finite_scores(m: PointForecaster) -> bool:
     return s is not None and math.isfinite(s.mae) and math.isfinite(s.pinball)
 
 
-def choose(fitted: Sequence[PointForecaster]) -> PointForecaster | None:
-    """The eligible candidate with the lowest (pinball + MAE) relative to the best baseline."""
+def _paired(m: PointForecaster, base: PointForecaster, what: str) -> FloatArray:
+    assert m.losses is not None and base.losses is not None
+    a, b = getattr(m.losses, what), getattr(base.losses, what)
+    k = min(a.shape[0], b.shape[0])
+    return np.asarray(a[-k:] - b[-k:], dtype=np.float64)
+
+
+def significantly_better(m: PointForecaster, base_mae: PointForecaster,
+                         base_pin: PointForecaster, z: float = GUARD_Z) -> bool:
+    """The guard: MAE better than `base_mae` beyond noise, pinball no worse than `base_pin`."""
+    if m.losses is None or base_mae.losses is None or base_pin.losses is None:
+        return False
+    if dm_upper(_paired(m, base_mae, "mae"), m.horizon - 1, z) >= 0.0:
+        return False
+    d_pin = _paired(m, base_pin, "pinball")
+    d_pin = d_pin[np.isfinite(d_pin)]
+    return d_pin.size > 0 and float(d_pin.mean()) <= 0.0
+
+
+def _relative_score(m: PointForecaster, base_mae: float, base_pin: float) -> float:
+    assert m.scores is not None
+    eps = 1e-12
+    return m.scores.pinball / max(base_pin, eps) + m.scores.mae / max(base_mae, eps)
+
+
+def choose(fitted: Sequence[PointForecaster], z: float = GUARD_Z) -> PointForecaster | None:
+    """The candidate with the lowest (pinball + MAE) relative to the best baseline, among
+    the baselines and the models that pass the guard (`significantly_better`).
+
+    Without any baseline among `fitted`, the best by that score is returned unguarded.
+    """
     ok = [m for m in fitted if _finite_scores(m)]
     if not ok:
         return None
-    bases = [m for m in ok if m.name in BASELINE_NAMES] or ok
-    base_mae = min(m.scores.mae for m in bases if m.scores is not None)
-    base_pin = min(m.scores.pinball for m in bases if m.scores is not None)
-    eps = 1e-12
+    bases = [m for m in ok if m.name in BASELINE_NAMES]
+    if not bases:
+        bases = ok
+    b_mae = min(bases, key=lambda m: m.scores.mae if m.scores else math.inf)
+    b_pin = min(bases, key=lambda m: m.scores.pinball if m.scores else math.inf)
+    assert b_mae.scores is not None and b_pin.scores is not None
+    mae0, pin0 = b_mae.scores.mae, b_pin.scores.pinball
+    eligible = [m for m in ok if m in bases or significantly_better(m, b_mae, b_pin, z)]
+    return min(eligible, key=lambda m: _relative_score(m, mae0, pin0))
 
-    def score(m: PointForecaster) -> float:
-        assert m.scores is not None
-        return m.scores.pinball / max(base_pin, eps) + m.scores.mae / max(base_mae, eps)
 
-    # A model must beat the best baseline by a margin that shrinks with the number of
-    # holdout origins: on a short holdout, a small win is noise, and a wrong pick costs more
-    # than the small win is worth.
-    n_orig = max(1, min(m.scores.n_origins for m in ok if m.scores is not None))
-    keep = 1.0 - min(0.1, 0.5 / math.sqrt(n_orig))
-    eligible = [m for m in ok if m.scores is not None and (m in bases or (
-                m.scores.mae <= keep * base_mae and m.scores.pinball <= base_pin))]
-    return min(eligible or bases, key=score)
+def combinations(fitted: Sequence[PointForecaster],
+                 max_members: int = COMBINE_MAX) -> list[PointForecaster]:
+    """Equal-weight combinations of the best 2..max_members candidates (by the score).
+
+    Seasonal naive is left out of the pool: at short leads it is far worse than the last
+    value and would only drag an average.
+    """
+    pool = [m for m in fitted if _finite_scores(m) and m.holdout is not None
+            and m.name != "seasonal_naive_daily"]
+    if len(pool) < 2:
+        return []
+    mae0 = min(m.scores.mae for m in pool if m.scores is not None)
+    pin0 = min(m.scores.pinball for m in pool if m.scores is not None)
+    pool.sort(key=lambda m: _relative_score(m, mae0, pin0))
+    out: list[PointForecaster] = []
+    for k in range(2, min(max_members, len(pool)) + 1):
+        try:
+            combo = Combination(pool[:k])
+        except ValueError as exc:
+            log.debug("combination of %d skipped: %s", k, exc)
+            continue
+        if _finite_scores(combo):
+            out.append(combo)
+    return out
 
 
 def select(history: History, factories: Sequence[Factory], horizon: int,
@@ -168,5 +227,11 @@ def select(history: History, factories: Sequence[Factory], horizon: int,
         fitted.append(model)
         assert model.scores is not None
         sel.scores[model.name] = model.scores.as_dict()
-    sel.model = choose(fitted)
+    combos = combinations(fitted)
+    for combo in combos:
+        assert combo.scores is not None
+        sel.scores[combo.name] = combo.scores.as_dict()
+    sel.model = choose([*fitted, *combos])
+    if sel.model is not None:
+        sel.model.release()
     return sel

@@ -22,7 +22,7 @@ from forecaster.engine import TrainedModel
 log = logging.getLogger(__name__)
 
 #: Bump when the pickled layout of TrainedModel or the models changes.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _path(directory: Path, variant: str) -> Path:

@@ -92,7 +92,8 @@ def test_train_all_records_choice_window_and_scores_in_parallel() -> None:
 
 
 def test_forecast_uses_newer_samples_and_skips_elapsed_steps() -> None:
-    h = daily_series()
+    # Five days: half is held out for selection, and the daily models need two in the fit.
+    h = daily_series(days=5)
     m = train_all({"a": h}, 6, n_jobs=1, use_global=False)["a"]
     tail = History("a", h.end, h.step_s, np.full(3, 1000.0))
     fc = m.forecast(tail, issued_at=h.end + 5 * h.step_s, horizon=6, quantiles=(0.5, 0.9))
