@@ -141,10 +141,15 @@ def holdout_origins(n: int, horizon: int) -> tuple[int, IntArray]:
     Depends only on `n` and `horizon`, so every candidate is scored on the same origins.
     An origin `o` forecasts samples `o+1..o+horizon` from samples `0..o`.
     """
-    n_hold = int(np.clip(round(n * HOLDOUT_FRACTION), horizon + 10, horizon + MAX_HOLDOUT_ORIGINS))
+    n_hold = max(int(round(n * HOLDOUT_FRACTION)), horizon + 10)
     split = n - n_hold
     origins = np.arange(split - 1, n - horizon - 1 + 1, dtype=np.int64)
     origins = origins[origins + horizon < n]
+    if origins.shape[0] > MAX_HOLDOUT_ORIGINS:
+        # Spread the replayed origins over the whole holdout rather than its last stretch: at
+        # fine steps 1500 consecutive origins span hours, too short to see a daily cycle.
+        stride = -(-origins.shape[0] // MAX_HOLDOUT_ORIGINS)
+        origins = origins[::-1][::stride][::-1].copy()
     return split, origins
 
 

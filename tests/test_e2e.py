@@ -32,12 +32,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BASE, BURST = 20.0, 120.0
 CAPACITY = 10.0
-STEP = 600
+STEP = 60
 BURST_IN_S = 360  # the next burst starts this long after the history ends
 
 
 def burst_history(end: int, days: int = 7) -> TraceSeries:
-    """`days` of 10-minute windows ending at `end`; 2-hour bursts daily at the time of day
+    """`days` of 1-minute windows ending at `end`; 2-hour bursts daily at the time of day
     that falls BURST_IN_S after `end`."""
     n = days * 86_400 // STEP
     start = end - n * STEP
@@ -54,11 +54,8 @@ def rbac_documents() -> list[dict[str, object]]:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[dict[str, object]]:
-    # History ends at the last whole minute before now; the burst aligns to the 10-min grid.
+    # History ends at the last whole minute before now.
     end = int(time.time() // STEP * STEP)
-    if time.time() - end > STEP - 120:  # too close to the next window: wait it out
-        time.sleep(STEP - (time.time() - end) + 1)
-        end = int(time.time() // STEP * STEP)
     blocks = build_blocks(tmp_path / "blocks", [model_series(burst_history(end), end=end)])
     with PrometheusServer(tmp_path / "prom", blocks=blocks) as prom, K8sEmulator() as k8s:
         k8s.seed_deployment("llm-serving", "burst", replicas=2)
@@ -107,7 +104,7 @@ def test_deployment_is_scaled_before_the_burst_arrives(stack: dict[str, object])
     log_path: Path = stack["log"]  # type: ignore[assignment]
     burst_at = float(stack["end"]) + BURST_IN_S  # type: ignore[arg-type]
     need = math.ceil(BURST / (CAPACITY * 0.85))
-    deadline = time.monotonic() + 150
+    deadline = time.monotonic() + 120
     replicas = 2
     while time.monotonic() < deadline and time.time() < burst_at:
         assert proc.poll() is None, log_path.read_text()
@@ -122,11 +119,9 @@ def test_deployment_is_scaled_before_the_burst_arrives(stack: dict[str, object])
     assert time.time() < burst_at, "scaled only after the burst arrived"
     # The live load is still the base level: this was the forecast, not a reaction.
     plan = httpx.get(f"{url}/plan", timeout=10).json()["variants"][0]
-    assert plan["reactive"] is not None and plan["reactive"] < need
-    codes = {r["code"] for r in httpx.get(f"{url}/decisions", params={"limit": 50},
-                                          timeout=10).json()[-1]["reasons"]} | {
-        r["code"] for d in httpx.get(f"{url}/decisions", params={"limit": 50},
-                                     timeout=10).json() for r in d["reasons"]}
+    assert plan["reactive"] is None or plan["reactive"] < need
+    decisions = httpx.get(f"{url}/decisions", params={"limit": 50}, timeout=10).json()
+    codes = {r["code"] for d in decisions for r in d["reasons"]}
     assert "ForecastPeak" in codes
     events = k8s.events("llm-serving")
     assert events, "a scale must post a Kubernetes Event"

@@ -255,17 +255,18 @@ def _families(series: Sequence[SeriesSamples]) -> list[_Family]:
 
 
 def write_openmetrics(series: Sequence[SeriesSamples], out_dir: Path) -> list[Path]:
-    """Write one OpenMetrics file per UTC day (samples at `END_TIME` go in the last day).
+    """Write one OpenMetrics file per UTC day (samples at the series' end go in the last day).
 
     One file per day because promtool re-reads a file once per 2-hour block it creates:
     small files keep that quadratic cost down and let several promtools run in parallel.
     """
     families = _families(series)
     first = min(int(s.times[0]) for s in series)
+    last = max(int(s.times[-1]) for s in series)
     day0 = first - first % _DAY
     paths: list[Path] = []
-    for lo in range(day0, END_TIME, _DAY):
-        hi = lo + _DAY if lo + _DAY < END_TIME else END_TIME + 1
+    for lo in range(day0, last, _DAY):
+        hi = lo + _DAY if lo + _DAY < last else last + 1
         chunks: list[str] = []
         for fam in families:
             chunks.append(fam.header)
