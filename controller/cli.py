@@ -93,7 +93,7 @@ def serve(
         cfg = load_config(config)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    runtime = build_production(cfg)
+    runtime = build_production(cfg, config_path=config)
     runtime.scheduler.start()
     try:
         serve_http(runtime.service, host or cfg.api.host, port or cfg.api.port,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -169,6 +169,27 @@ class LeaderElection(_Strict):
     retry_period_s: float = Field(default=2, gt=0)
 
 
+class StateConfig(_Strict):
+    """Where stabilisation windows and recent decisions survive restarts.
+
+    `auto`: a ConfigMap when forescale talks to Kubernetes (scale mode or leader election),
+    else `file` if set, else nothing (the demo).
+    """
+
+    backend: Literal["auto", "configmap", "file", "none"] = "auto"
+    configmap_namespace: str = Field(default="forescale",
+                                     pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    configmap_name: str = Field(default="forescale-state",
+                                pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _file(self) -> StateConfig:
+        if self.backend == "file" and self.file is None:
+            raise ValueError("state.backend 'file' needs state.file (a path)")
+        return self
+
+
 class Config(_Strict):
     prometheus: PrometheusConfig = PrometheusConfig()
     actuation: ActuationMode = ActuationMode.DRY_RUN
@@ -176,6 +197,7 @@ class Config(_Strict):
     forecast: ForecastConfig = ForecastConfig()
     api: ApiConfig = ApiConfig()
     leader_election: LeaderElection = LeaderElection()
+    state: StateConfig = StateConfig()
     gpu_quotas: dict[str, int] = Field(default_factory=dict,
                                        description="Max GPUs per GPU type across variants")
     variants: list[VariantConfig] = Field(min_length=1)

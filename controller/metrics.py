@@ -67,6 +67,9 @@ class ForescaleMetrics:
                           registry=r)
         self.unserved = Gauge("forescale_unserved_demand", "Forecast demand (req/s) that the "
                               "desired replicas cannot serve at the SLO", v, registry=r)
+        self.config_reloads = Counter("forescale_config_reloads", "Config reloads by outcome "
+                                      "(applied, retrain, invalid, refused)", ["outcome"],
+                                      registry=r)
         self.is_leader = Gauge("forescale_leader", "1 if this instance may actuate", registry=r)
         self.ready = Gauge("forescale_ready", "1 once every variant has a model or fallback",
                            registry=r)

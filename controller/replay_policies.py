@@ -136,30 +136,78 @@ class ReactiveHPA:
 class PredictiveSettings:
     """forescale's policy in the replay (documented choices, the same for every trace).
 
-    Scale-up is not rate-limited: replicas are ordered a cold start ahead of a forecast ramp,
-    and a rate limit would only delay what the forecast already justified. Scale-down is
-    allowed as soon as the forecast (at the provisioning quantile) covers the next cold start;
-    `decide` holds what is needed before a replacement could be ready.
+    The forecast provisions for the peak of the tuned quantile over the window that starts
+    one cold start ahead; that quantile *is* the headroom, so the fleet runs hot
+    (`target_utilisation`) instead of adding a utilisation margin on top of a reactive floor.
+    The reactive floor acts only on observed overload. Scale-up is not rate-limited: a rate
+    limit would only delay what the forecast already justified. Scale-down happens as soon as
+    the forecast allows, except that `decide` never removes a replica the forecast needs
+    again within one cold start (re-ordering it would cost a cold start of GPU time).
     """
 
-    #: Starting provisioning quantile; `models.headroom` moves it toward the SLO target.
-    provisioning_quantile: float = 0.99
+    #: Starting provisioning quantile; the headroom tuner moves it toward the SLO target.
+    provisioning_quantile: float = 0.95
     #: Quantile levels forecast; `decide` interpolates the tuned quantile between them.
     levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
-    target_utilisation: float = 0.9
-    #: Live floor: load plus the queue drained within this many seconds.
+    #: Share of a replica's capacity planned for at the provisioning quantile.
+    target_utilisation: float = 0.95
+    #: Overload floor: load plus the queue drained within this many seconds, at capacity.
     drain_s: float = 60.0
+    #: Overload means a queue worth this many seconds of the ready fleet's capacity...
+    overload_queue_s: float = 1.0
+    #: ...or live load above the ready capacity by more than this share.
+    overload_tolerance: float = 0.1
     min_replicas: int = 1
     max_replicas: int = 10_000
-    #: The HPA's default: a shorter window flaps (each re-order is a paid cold start).
-    scale_down_stabilisation_s: float = 300.0
-    retrain_s: float = 3600.0
+    #: Highest recommendation of this window bounds a scale-down: it only absorbs the
+    #: decision-to-decision noise of the live correction, not forecast changes.
+    scale_down_stabilisation_s: float = 120.0
+    #: Engine retrain period in simulated time; between retrains `TrainedModel.forecast`
+    #: extends the model's buffer with the newest windows (baselines refit, cheaply).
+    retrain_s: float = 6 * 3600.0
     slo_target: float = 0.99
     tune_headroom: bool = True
+    #: The tuner aims this share of the miss budget below it, so noise stays inside the SLO.
+    attainment_margin: float = 0.3
+    #: Tuner period and memory: per-request attainment of each period, smoothed over about
+    #: `headroom_memory_s` (a day: the quantile follows the daily cycle's risk, not a burst).
+    headroom_every_s: float = 3600.0
+    headroom_memory_s: float = 86_400.0
+    #: Use the live load to correct the forecast within a long window (see `nowcast`).
+    nowcast: bool = True
+    #: The simulator's metrics window: the live load is the mean rate over this span.
+    metrics_window_s: float = 60.0
+
+
+def nowcast(qs: dict[float, FloatArray], live_rps: float, elapsed_s: float, step_s: int,
+            metrics_window_s: float) -> dict[float, FloatArray]:
+    """Correct a forecast issued at the start of the current window with the live load.
+
+    The forecast's windows start with the current (partly observed) one. Once the metrics
+    window lies inside it, the live rate is an observation of that window: its deviation
+    from the median forecast is carried into every later window (as a naive forecast would
+    carry the last value), and the current window's spread shrinks with the share of it
+    already observed. Windows shorter than two metrics windows are left alone: there the
+    forecast already starts from the newest completed window.
+    """
+    if step_s < 2 * metrics_window_s or elapsed_s < metrics_window_s or 0.5 not in qs \
+            or not math.isfinite(live_rps):
+        return qs
+    median = qs[0.5]
+    if median.shape[0] == 0 or not math.isfinite(float(median[0])):
+        return qs
+    offset = live_rps - float(median[0])
+    remaining = max(0.0, 1.0 - elapsed_s / step_s)
+    out: dict[float, FloatArray] = {}
+    for q, v in qs.items():
+        w = v + offset
+        w[0] = live_rps + (float(v[0]) - float(median[0])) * remaining
+        out[q] = np.maximum(w, 0.0)
+    return out
 
 
 class Predictive:
-    """Forecast + reactive floor through `decide`; the HPA serves until a forecast exists."""
+    """Forecast + overload floor through `decide`; the HPA serves until a forecast exists."""
 
     def __init__(self, fleet: Fleet, settings: PredictiveSettings, windows: History,
                  decision_interval_s: float, fallback: ReactiveHPA,
@@ -168,6 +216,7 @@ class Predictive:
         self.s = settings
         self.windows = windows
         self.fallback = fallback
+        self.interval_s = decision_interval_s
         step = windows.step_s
         self.lead = max(1, math.ceil((fleet.cold_start_s + decision_interval_s) / step))
         self.forecaster = PastOnlyForecaster(step, settings.levels, self.lead,
@@ -179,65 +228,112 @@ class Predictive:
             scale_up_pods=_BIG, scale_down_pods=_BIG,
             scale_down_stabilisation_s=settings.scale_down_stabilisation_s,
             forecast_window_s=decision_interval_s)
-        self.headroom = Headroom(settings.provisioning_quantile, settings.slo_target,
-                                 settings.tune_headroom)
+        budget = 1.0 - settings.slo_target
+        self.headroom = Headroom(settings.provisioning_quantile,
+                                 settings.slo_target + settings.attainment_margin * budget,
+                                 settings.tune_headroom, settings.headroom_every_s,
+                                 settings.headroom_memory_s)
+        cap = fleet.capacity_rps
+        self._slack_s = fleet.ttft_slo_s - float(fleet.base_ttft(np.array([cap]))[0])
         self._cache: tuple[int, dict[float, FloatArray] | None] = (-1, None)
         self.forecast_decisions = 0
+        self.overload_decisions = 0
 
     def _forecast(self, now: float) -> tuple[int, dict[float, FloatArray] | None]:
         w = self.windows
         done = math.floor((now - w.start) / w.step_s + 1e-9)
         if self._cache[0] != done:
             past = w.slice(max(0, done))  # windows completed before now, never later ones
-            if done > 0:
-                self.headroom.observe(done - 1, float(past.values[-1]))
             qs = self.forecaster.forecast(past, self.lead + 1) if done > 0 else None
-            if qs is not None:
-                self.headroom.expect(done + self.lead - 1, qs, self.lead - 1)
             self._cache = (done, qs)
         return self._cache
 
+    def overload_floor(self, obs: Observation) -> int | None:
+        """Replicas the live signals need, only when the ready fleet is observably overloaded.
+
+        Normal load is the forecast's business (its quantile is the headroom); flooring every
+        sample at current load over a utilisation target would count the headroom twice.
+        """
+        serving = obs.ready * self.fleet.capacity_rps
+        queued = obs.queue > self.s.overload_queue_s * serving
+        hot = obs.load_rps > (1.0 + self.s.overload_tolerance) * serving
+        if not (queued or hot):
+            return None
+        self.overload_decisions += 1
+        return math.ceil((obs.load_rps + obs.queue / self.s.drain_s)
+                         / self.fleet.capacity_rps - 1e-9)
+
+    def _account(self, obs: Observation) -> None:
+        """Score the interval just decided on for the headroom tuner (past data only).
+
+        The estimated wait is the queue over the ready fleet's service rate, the TTFT a
+        Prometheus histogram would show; the interval's requests count as missed when it
+        exceeds the SLO's slack. Per-request weighting: a busy hour counts more.
+        """
+        serving = obs.ready * self.fleet.capacity_rps
+        wait = obs.queue / serving if serving > 0 else (math.inf if obs.queue > 0 else 0.0)
+        self.headroom.record(obs.now, obs.load_rps * self.interval_s, wait > self._slack_s)
+
     def target(self, obs: Observation) -> int:
+        self._account(obs)
         done, qs = self._forecast(obs.now)
         if qs is None:
             return self.fallback.target(obs)
         self.forecast_decisions += 1
         step = self.windows.step_s
-        fc = DemandForecast(self.windows.start + done * step, step, qs)
-        live = math.ceil((obs.load_rps + obs.queue / self.s.drain_s)
-                         / (self.fleet.capacity_rps * self.s.target_utilisation) - 1e-9)
-        return self.fallback.run(fc, obs, live, self.headroom.quantile, self.policy,
-                                 self.fleet.cold_start_s)
+        issued = self.windows.start + done * step
+        if self.s.nowcast:
+            qs = nowcast(qs, obs.load_rps, obs.now - issued, step, self.s.metrics_window_s)
+        fc = DemandForecast(issued, step, qs)
+        return self.fallback.run(fc, obs, self.overload_floor(obs), self.headroom.quantile,
+                                 self.policy, self.fleet.cold_start_s)
 
 
 class Headroom:
-    """The provisioning quantile, tuned by `models.headroom` from the replay's own misses.
+    """The provisioning quantile, tuned by `models.headroom` on per-request attainment.
 
-    A window counts as a miss when its realised load exceeded what was provisioned for it
-    (the tuner's rule when latency is not observed); only completed windows are scored.
+    Requests are tallied per period (`every_s`); at the end of each period the period's
+    attainment goes to `models.headroom.tune_quantile` with a smoothing weight of one period
+    in `memory_s`, so the quantile answers a day's misses, not one unlucky window. The gains
+    are per period and small: the quantile drifts down while the fleet over-serves and climbs
+    when the smoothed miss share exceeds the budget.
     """
 
-    def __init__(self, quantile: float, slo_target: float, enabled: bool) -> None:
+    def __init__(self, quantile: float, attainment_target: float, enabled: bool,
+                 every_s: float = 3600.0, memory_s: float = 86_400.0) -> None:
         self.quantile = quantile
-        self.slo_target = slo_target
+        self.attainment_target = attainment_target
         self.enabled = enabled and _headroom is not None
+        self.every_s = every_s
         self._state = _headroom.HeadroomState(quantile=quantile) if _headroom else None
-        self._expected: dict[int, dict[float, float]] = {}
+        alpha = min(1.0, every_s / memory_s)
+        self._config = _headroom.HeadroomConfig(
+            alpha=alpha, gain_up=0.3 * alpha * 24, gain_down=0.02 * alpha * 24,
+            max_step=0.5, dead_band=0.25) if _headroom else None
+        self._period_end: float | None = None
+        self._total = 0.0
+        self._missed = 0.0
         self.trail: list[float] = []
 
-    def expect(self, window: int, qs: dict[float, FloatArray], index: int) -> None:
-        self._expected[window] = {q: float(v[min(index, v.shape[0] - 1)]) for q, v in qs.items()}
+    def record(self, now: float, requests: float, missed: bool) -> None:
+        """Tally one decision interval; tune when a period has closed."""
+        if self._period_end is None:
+            self._period_end = now + self.every_s
+        if now >= self._period_end:
+            self._tune()
+            self._period_end = now + self.every_s
+        if math.isfinite(requests) and requests > 0:
+            self._total += requests
+            self._missed += requests if missed else 0.0
 
-    def observe(self, window: int, actual: float) -> None:
-        expected = self._expected.pop(window, None)
-        if not self.enabled or expected is None or not math.isfinite(actual):
+    def _tune(self) -> None:
+        total, missed = self._total, self._missed
+        self._total = self._missed = 0.0
+        if not self.enabled or total <= 0:
             return
         assert _headroom is not None and self._state is not None
-        levels = sorted(expected)
-        provisioned = float(np.interp(self.quantile, levels, [expected[q] for q in levels]))
-        upd = _headroom.tune_quantile(self._state,
-                                      _headroom.HeadroomObservation(provisioned, actual),
-                                      self.slo_target)
+        obs = _headroom.HeadroomObservation(math.nan, math.nan, 1.0 - missed / total)
+        upd = _headroom.tune_quantile(self._state, obs, self.attainment_target, self._config)
         self._state, self.quantile = upd.state, upd.quantile
         self.trail.append(self.quantile)
 

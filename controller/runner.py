@@ -22,11 +22,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from controller.actuators import DryRunTarget, MetricTarget
 from controller.api import create_app, load_token
-from controller.config import ActuationMode, Config, load_config
+from controller.config import ActuationMode, Config, ConfigError, load_config
 from controller.metrics import ForescaleMetrics
 from controller.protocols import MetricsSource, ScaleTarget
 from controller.service import Service
 from controller.sources import TraceClock, TraceSource
+from controller.state import ConfigMapStateStore, FileStateStore, StateStore
 
 log = logging.getLogger("forescale")
 
@@ -70,7 +71,8 @@ def _guarded(name: str, fn: Callable[[], Any], budget_s: float) -> Callable[[], 
     return run
 
 
-def schedule(service: Service, clock_speed: float = 1.0) -> BackgroundScheduler:
+def schedule(service: Service, clock_speed: float = 1.0,
+             config_path: Path | None = None) -> BackgroundScheduler:
     """Retrain now and then every interval; reconcile every interval (in wall time)."""
     s = service.config.schedules
     sched = BackgroundScheduler(executors={"default": ThreadPoolExecutor(2)},
@@ -84,7 +86,48 @@ def schedule(service: Service, clock_speed: float = 1.0) -> BackgroundScheduler:
                   seconds=s.reconcile_interval_s, jitter=min(s.jitter_s,
                                                              s.reconcile_interval_s / 4),
                   id="reconcile")
+    if config_path is not None:
+        watcher = ConfigWatcher(service, config_path)
+        sched.add_job(_guarded("config-reload", watcher.check, 60.0), "interval", seconds=10,
+                      id="config-reload")
     return sched
+
+
+class ConfigWatcher:
+    """Reloads the config file when it changes; an invalid file keeps the running config."""
+
+    def __init__(self, service: Service, path: Path) -> None:
+        self.service = service
+        self.path = path
+        self._mtime = self._stat()
+
+    def _stat(self) -> float | None:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return None
+
+    def check(self) -> str | None:
+        """Reload if the file changed; returns the outcome, or None when unchanged."""
+        mtime = self._stat()
+        if mtime is None or mtime == self._mtime:
+            return None
+        self._mtime = mtime
+        counter = self.service.metrics.config_reloads
+        try:
+            new = load_config(self.path)
+            retrain = self.service.apply_config(new)
+        except ConfigError as exc:
+            outcome = "refused" if "restart forescale" in str(exc) else "invalid"
+            log.error("config reload %s: %s", outcome, exc)
+            counter.labels(outcome).inc()
+            return outcome
+        outcome = "retrain" if retrain else "applied"
+        log.warning("config reloaded from %s (%s)", self.path, outcome)
+        counter.labels(outcome).inc()
+        if retrain:
+            self.service.retrain()
+        return outcome
 
 
 def _now_dt() -> Any:
@@ -107,17 +150,27 @@ def build_demo(speed: float = 1.0, metrics: ForescaleMetrics | None = None) -> S
     return service
 
 
-def build_production(config: Config, metrics: ForescaleMetrics | None = None) -> Runtime:
-    """Prometheus source, per-variant actuators by mode, optional leader election."""
+def prometheus_source(config: Config, metrics: ForescaleMetrics) -> Any:
+    """The Prometheus source with every outcome (ok, empty, nan, stale, ...) counted."""
     from controller.prometheus import PrometheusSource
 
+    def count(variant: str, signal: str, outcome: str) -> None:
+        metrics.source_outcomes.labels(variant, signal, outcome).inc()
+
+    return PrometheusSource(config.prometheus, config.variants, on_outcome=count)
+
+
+def build_production(config: Config, metrics: ForescaleMetrics | None = None,
+                     config_path: Path | None = None) -> Runtime:
+    """Prometheus source, per-variant actuators by mode, optional leader election."""
     metrics = metrics or ForescaleMetrics()
-    source: MetricsSource = PrometheusSource(config.prometheus, config.variants)
+    source: MetricsSource = prometheus_source(config, metrics)
     targets: dict[str, ScaleTarget] = {}
     hooks: list[Callable[[], None]] = []
     kube: Any = None
     modes = {v.name: config.mode_of(v) for v in config.variants}
-    if ActuationMode.SCALE in modes.values() or config.leader_election.enabled:
+    if ActuationMode.SCALE in modes.values() or config.leader_election.enabled \
+            or config.state.backend == "configmap":
         from controller.k8s import KubernetesScaleTarget, make_api_client
 
         api_client = make_api_client(None, None)
@@ -140,16 +193,33 @@ def build_production(config: Config, metrics: ForescaleMetrics | None = None) ->
         from controller.leader import LeaderElector
 
         le = config.leader_election
-        elector = LeaderElector(kube.api_client if hasattr(kube, "api_client") else
-                                make_api_client(None, None), le.lease_namespace, le.lease_name,
+        elector = LeaderElector(kube.api_client, le.lease_namespace, le.lease_name,
                                 identity=_identity(), lease_duration=le.lease_duration_s,
                                 renew_deadline=le.renew_deadline_s,
                                 retry_period=le.retry_period_s)
         elector.start()
         hooks.append(elector.stop)
         is_leader = lambda: elector.is_leader  # noqa: E731
-    service = Service(config, source, targets, metrics=metrics, is_leader=is_leader)
-    return Runtime(service, schedule(service), stop_hooks=hooks)
+    store = _state_store(config, kube.api_client if kube is not None else None)
+    service = Service(config, source, targets, metrics=metrics, is_leader=is_leader,
+                      state_store=store)
+    return Runtime(service, schedule(service, config_path=config_path), stop_hooks=hooks)
+
+
+def _state_store(config: Config, api_client: Any) -> StateStore | None:
+    """The state store the config asks for (see `StateConfig`)."""
+    st = config.state
+    backend = st.backend
+    if backend == "auto":
+        backend = "configmap" if api_client is not None else ("file" if st.file else "none")
+    if backend == "configmap":
+        from controller.k8s import make_api_client
+
+        return ConfigMapStateStore(api_client or make_api_client(None, None),
+                                   st.configmap_namespace, st.configmap_name)
+    if backend == "file" and st.file is not None:
+        return FileStateStore(st.file)
+    return None
 
 
 class _ReadOnly:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.config import Config, VariantConfig
+from controller.config import Config, ConfigError, VariantConfig
 from controller.metrics import ForescaleMetrics
 from controller.protocols import (
     LiveSignals,
@@ -127,6 +127,34 @@ class Service:
             log.info("serving %s with persisted model %s", name, model.model_name)
         self.metrics.ready.set(1 if self.ready() else 0)
 
+    # ------------------------------------------------------------------ config reload
+    def apply_config(self, new: Config) -> bool:
+        """Take a new, already validated config; True when models must be retrained.
+
+        The variant set and their Deployments are fixed for the life of the process (new
+        edges need new clients): changing them raises `ConfigError`, and the old config stays.
+        A change to what models depend on (the fingerprint) drops the models at once, so no
+        forecast ever comes from a model trained under another config.
+        """
+        old = {(v.name, v.deployment.namespace, v.deployment.name) for v in self.config.variants}
+        now = {(v.name, v.deployment.namespace, v.deployment.name) for v in new.variants}
+        if old != now:
+            raise ConfigError(f"variants or their deployments changed ({sorted(old ^ now)}): "
+                              "restart forescale to apply; keeping the running config")
+        self.config = new
+        for rt in self.variants.values():
+            rt.config = new.variant(rt.config.name)
+            rt.capacity = None
+        fingerprint = config_fingerprint(new)
+        if fingerprint == self.fingerprint:
+            return False
+        self.fingerprint = fingerprint
+        for rt in self.variants.values():
+            rt.model = None
+        self._forecast_cache.clear()
+        self.metrics.ready.set(0)
+        return True
+
     # ------------------------------------------------------------------ restart safety
     def _restore(self) -> None:
         """Reload stabilisation windows and the decision log saved by an earlier process."""
@@ -202,10 +230,18 @@ class Service:
             histories: dict[str, History] = {}
             for name in names or list(self.variants):
                 try:
-                    histories[name] = self.source.history(name, start, now, step)
+                    h = self.source.history(name, start, now, step)
                 except (TemporaryError, PermanentError) as exc:
-                    log.warning("retrain %s: cannot read history: %s", name, exc)
+                    log.warning("retrain %s: cannot read history: %s; keeping the last "
+                                "model", name, exc)
                     self.metrics.training_failures.labels(name).inc()
+                    continue
+                if h.n_valid() == 0:
+                    log.warning("retrain %s: history has no samples at all; keeping the last "
+                                "model", name)
+                    self.metrics.training_failures.labels(name).inc()
+                    continue
+                histories[name] = h
             t0 = time.perf_counter()
             report = train_models(histories, {n: self.horizon_steps(self.variants[n].config)
                                               for n in histories},

@@ -141,7 +141,7 @@ def holdout_origins(n: int, horizon: int) -> tuple[int, IntArray]:
     Depends only on `n` and `horizon`, so every candidate is scored on the same origins.
     An origin `o` forecasts samples `o+1..o+horizon` from samples `0..o`.
     """
-    n_hold = max(int(round(n * HOLDOUT_FRACTION)), horizon + 10)
+    n_hold = max(round(n * HOLDOUT_FRACTION), horizon + 10)
     split = n - n_hold
     origins = np.arange(split - 1, n - horizon - 1 + 1, dtype=np.int64)
     origins = origins[origins + horizon < n]

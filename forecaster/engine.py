@@ -36,7 +36,6 @@ from forecaster.base import (
     History,
     check_horizon,
     check_quantiles,
-    monotone_quantiles,
 )
 from forecaster.baselines import Naive, daily
 from forecaster.calibrated import PointForecaster
@@ -153,8 +152,8 @@ class TrainedModel:
         hist = self._buffer_history()
         try:
             return Naive().fit(hist).predict(h, qs)
-        except Exception:  # no finite sample at all: nothing to forecast
-            return monotone_quantiles({q: np.zeros(h) for q in qs})
+        except Exception:  # no finite sample at all: unknown, never zero
+            return {q: np.full(h, np.nan) for q in qs}
 
 
 def fallback_model(history: History) -> Forecaster:

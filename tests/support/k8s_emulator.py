@@ -5,6 +5,7 @@ No kube-apiserver can be installed where forescale is developed (see
 client, its REST calls, its error types - is exercised over HTTP against this emulator.
 It serves only what forescale relies on, and follows the Kubernetes API reference for that:
 
+- core `v1` ConfigMaps (generic verbs; forescale keeps its restart-safe state in one).
 - `apps/v1` Deployments (get/list/create/update/patch/delete) with server-set
   `metadata.uid`, `resourceVersion` (one global counter, bumped on every write, like etcd's
   revision) and `generation` (bumped on spec changes), plus the `scale` subresource serving an
@@ -98,9 +99,11 @@ HPAS = ResourceType(
 LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease")
 EVENTS = ResourceType("events.k8s.io", "v1", "events", "Event")
 CORE_EVENTS = ResourceType("", "v1", "events", "Event")
+CONFIGMAPS = ResourceType("", "v1", "configmaps", "ConfigMap")
 
 SERVED: dict[tuple[str, str, str], ResourceType] = {
-    (r.group, r.version, r.plural): r for r in (DEPLOYMENTS, HPAS, LEASES, EVENTS, CORE_EVENTS)
+    (r.group, r.version, r.plural): r
+    for r in (DEPLOYMENTS, HPAS, LEASES, EVENTS, CORE_EVENTS, CONFIGMAPS)
 }
 
 _PATH = re.compile(
