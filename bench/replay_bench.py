@@ -32,6 +32,7 @@ def _f(x: float | None, spec: str) -> str:
 
 def row(result: ReplayResult, cold: float, seconds: float) -> list[str]:
     p, r = result.policies["predictive"], result.policies["reactive"]
+    o = result.policies["oracle"]
     iso = result.iso_slo
     ratio = iso.gpu_hours_ratio_predictive_vs_reactive if iso else None
     vs_oracle = result.vs_oracle("predictive")
@@ -44,7 +45,8 @@ def row(result: ReplayResult, cold: float, seconds: float) -> list[str]:
             + ("" if vs_oracle is None or vs_oracle <= 1.15 else " ✗"),
             _f(iso.reactive_target if iso else None, ".0%"),
             _f(ratio, ".2f") + ("" if ratio is not None and ratio <= 0.70 else " ✗"),
-            f"{p.cold_starts}/{r.cold_starts}", f"{seconds:.0f}"]
+            f"{p.utilisation:.2f}/{r.utilisation:.2f}/{o.utilisation:.2f}",
+            f"{p.cold_starts}/{r.cold_starts}/{o.cold_starts}", f"{seconds:.0f}"]
 
 
 def main() -> None:
@@ -61,7 +63,7 @@ def main() -> None:
     table = Table(title=f"forescale replay bench (forecaster={args.forecaster})")
     for col in ("series", "cold s", "reactive SLO", "predictive SLO", "reactive/oracle",
                 "predictive/oracle", "iso-SLO reactive target", "pred/reactive @ iso-SLO",
-                "cold starts p/r", "s"):
+                "utilisation p/r/o", "cold starts p/r/o", "s"):
         table.add_column(col, justify="left" if col == "series" else "right")
     wanted = {s for s in args.series.split(",") if s}
     for name in FILES:

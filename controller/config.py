@@ -59,19 +59,20 @@ class DeploymentRef(_Strict):
 
 
 class Signals(_Strict):
-    """PromQL per signal. `{selector}` is replaced by the variant's label selector.
+    """PromQL per signal. `$selector` is replaced by the variant's label matchers, so a query
+    can add its own: `vllm:num_requests_waiting{$selector, job="vllm"}`.
 
     Defaults are vLLM's own metric names, so a stock vLLM deployment needs no PromQL at all.
     """
 
-    requests: str = "sum(rate(vllm:request_success_total{{{selector}}}[2m]))"
-    prompt_tokens: str = "sum(rate(vllm:prompt_tokens_total{{{selector}}}[2m]))"
-    generation_tokens: str = "sum(rate(vllm:generation_tokens_total{{{selector}}}[2m]))"
-    queue_depth: str = "sum(vllm:num_requests_waiting{{{selector}}})"
-    running: str = "sum(vllm:num_requests_running{{{selector}}})"
-    kv_cache_usage: str = "avg(vllm:gpu_cache_usage_perc{{{selector}}})"
+    requests: str = "sum(rate(vllm:request_success_total{$selector}[2m]))"
+    prompt_tokens: str = "sum(rate(vllm:prompt_tokens_total{$selector}[2m]))"
+    generation_tokens: str = "sum(rate(vllm:generation_tokens_total{$selector}[2m]))"
+    queue_depth: str = "sum(vllm:num_requests_waiting{$selector})"
+    running: str = "sum(vllm:num_requests_running{$selector})"
+    kv_cache_usage: str = "avg(vllm:gpu_cache_usage_perc{$selector})"
     ttft_p95: str = ("histogram_quantile(0.95, sum by (le) "
-                     "(rate(vllm:time_to_first_token_seconds_bucket{{{selector}}}[2m])))")
+                     "(rate(vllm:time_to_first_token_seconds_bucket{$selector}[2m])))")
 
 
 class Targets(_Strict):

@@ -299,7 +299,7 @@ class PrometheusSource:
         if not isinstance(template, str):
             raise ValueError(f"unknown signal {signal!r}; known: "
                              f"{sorted(type(cfg.signals).model_fields)}")
-        return template.format(selector=cfg.label_selector)
+        return template.replace("$selector", cfg.label_selector)
 
     def _instant(self, variant: str, signal: str, query: str, now: float,
                  freshness: Mapping[str, float | None]) -> float | None:

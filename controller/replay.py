@@ -74,13 +74,15 @@ class PolicyOutcome:
     cold_starts: int
     sim: SimResult = field(repr=False)
     note: str = ""
+    #: Requests served over the capacity paid for (ordered replicas, starting ones included).
+    utilisation: float = math.nan
 
     @staticmethod
     def of(name: str, sim: SimResult, fleet: Fleet, note: str = "") -> PolicyOutcome:
         gpu_h = sim.gpu_hours(fleet)
         return PolicyOutcome(name, sim.slo_attainment, gpu_h, gpu_h * fleet.gpu_hourly_usd,
                              float(sim.queue.max(initial=0.0)), sim.scale_events,
-                             sim.cold_starts, sim, note)
+                             sim.cold_starts, sim, note, sim.utilisation(fleet))
 
 
 @dataclass(frozen=True)
@@ -224,9 +226,10 @@ def run_policy(setup: ReplaySetup, name: str, slo_target: float = 0.99,
     if name == "predictive":
         models = sorted({m for _, m in pred.forecaster.choices})
         qs = pred.headroom.trail or [pred.headroom.quantile]
-        note = (f"quantile {min(qs):.3f}..{max(qs):.3f} (models.headroom"
-                f"{'' if pred.headroom.enabled else ' absent: fixed'}); models "
-                f"{', '.join(models) or 'none'}; {pred.forecast_decisions} forecast decisions")
+        note = (f"quantile {min(qs):.3f}..{max(qs):.3f}, median {float(np.median(qs)):.3f} "
+                f"(models.headroom{'' if pred.headroom.enabled else ' absent: fixed'}); "
+                f"models {', '.join(models) or 'none'}; {pred.forecast_decisions} forecast "
+                f"decisions, {pred.overload_decisions} on overload")
     return PolicyOutcome.of(name, sim, fleet, note)
 
 
@@ -310,13 +313,13 @@ def render_table(result: ReplayResult) -> Table:
     table = Table(title=f"replay {result.series}: {f.capacity_rps:.3g} req/s per replica, "
                         f"cold start {f.cold_start_s:.0f} s, TTFT SLO {f.ttft_slo_s:g} s")
     for col in ("policy", "SLO attainment", "GPU-hours", "cost $", "peak queue",
-                "scale events", "cold starts", "GPU-h vs oracle"):
+                "scale events", "cold starts", "utilisation", "GPU-h vs oracle"):
         table.add_column(col, justify="left" if col == "policy" else "right")
     for name, p in result.policies.items():
         ok = p.slo_attainment >= result.slo_target
         table.add_row(name, f"[{'green' if ok else 'red'}]{p.slo_attainment:.2%}[/]",
                       f"{p.gpu_hours:,.1f}", f"{p.cost:,.0f}", f"{p.peak_queue:,.0f}",
-                      str(p.scale_events), str(p.cold_starts),
+                      str(p.scale_events), str(p.cold_starts), _fmt(p.utilisation, ".0%"),
                       _fmt(result.vs_oracle(name), ".2f") + "×")
     if result.iso_slo is not None:
         iso = result.iso_slo

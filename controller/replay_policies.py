@@ -275,10 +275,10 @@ class Predictive:
         self.headroom.record(obs.now, obs.load_rps * self.interval_s, wait > self._slack_s)
 
     def target(self, obs: Observation) -> int:
-        self._account(obs)
         done, qs = self._forecast(obs.now)
         if qs is None:
             return self.fallback.target(obs)
+        self._account(obs)
         self.forecast_decisions += 1
         step = self.windows.step_s
         issued = self.windows.start + done * step

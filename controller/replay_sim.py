@@ -126,6 +126,11 @@ class SimResult:
         total = float(self.arrivals.sum())
         return float(self.met.sum()) / total if total > 0 else 1.0
 
+    def utilisation(self, fleet: Fleet) -> float:
+        """Requests served over the capacity paid for (every ordered replica, ready or not)."""
+        paid = float(self.ordered.sum()) * self.dt * fleet.capacity_rps
+        return float(self.served.sum()) / paid if paid > 0 else math.nan
+
     def gpu_hours(self, fleet: Fleet) -> float:
         return float(self.ordered.sum()) * self.dt * fleet.gpus_per_replica / 3600.0
 

@@ -35,7 +35,7 @@ def config_fingerprint(config: Config) -> str:
         "history_days": config.prometheus.history_days,
         "quantiles": sorted({*config.forecast.quantiles,
                              config.forecast.provisioning_quantile}),
-        "variants": {v.name: v.signals.requests.format(selector=v.label_selector)
+        "variants": {v.name: v.signals.requests.replace("$selector", v.label_selector)
                      for v in config.variants},
     })
 

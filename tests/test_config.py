@@ -24,7 +24,7 @@ def with_variant(**changes: Any) -> dict[str, Any]:
 def test_minimal_config_gets_vllm_defaults() -> None:
     cfg = parse_config(with_variant())
     v = cfg.variants[0]
-    assert v.signals.requests.format(selector=v.label_selector) == \
+    assert v.signals.requests.replace("$selector", v.label_selector) == \
         'sum(rate(vllm:request_success_total{model_name="llama-8b"}[2m]))'
     assert "vllm:time_to_first_token_seconds_bucket" in v.signals.ttft_p95
     assert "vllm:num_requests_waiting" in v.signals.queue_depth

@@ -215,7 +215,7 @@ def shipped_queries() -> list[tuple[str, str]]:
     for v in load_config(ROOT / "deploy" / "config.example.yaml").variants:
         for signal, template in v.signals.model_dump().items():
             queries.append((f"config: {v.name}.{signal}",
-                            template.format(selector=v.label_selector)))
+                            template.replace("$selector", v.label_selector)))
     return queries
 
 

@@ -196,7 +196,7 @@ def test_live_signals_of_unknown_series_are_none(prometheus_backfilled: Backfill
 def test_several_series_are_an_error_naming_query_and_label_sets(
         prometheus_backfilled: BackfilledPrometheus, make_source: MakeSource) -> None:
     v = variant("fleet", selector='namespace="llm"',
-                queue_depth="vllm:num_requests_waiting{{{selector}}}")
+                queue_depth="vllm:num_requests_waiting{$selector}")
     src = make_source(prometheus_backfilled.url, v)
     with pytest.raises(AmbiguousResultError) as err:
         src.live("fleet", END_TIME)
@@ -211,8 +211,8 @@ def test_several_series_are_an_error_naming_query_and_label_sets(
 def test_nan_and_inf_samples_are_not_observed(prometheus_backfilled: BackfilledPrometheus,
                                               make_source: MakeSource) -> None:
     name = "servegen-m-small"
-    v = variant(name, requests="sum(rate(vllm:request_success_total{{{selector}}}[2m])) * 0 / 0",
-                queue_depth="(sum(vllm:num_requests_waiting{{{selector}}}) + 1) / 0")
+    v = variant(name, requests="sum(rate(vllm:request_success_total{$selector}[2m])) * 0 / 0",
+                queue_depth="(sum(vllm:num_requests_waiting{$selector}) + 1) / 0")
     src = make_source(prometheus_backfilled.url, v)
     hist = src.history(name, END_TIME - 3600, END_TIME, 60)
     assert np.isnan(hist.values).all()
@@ -227,7 +227,7 @@ def test_nan_and_inf_samples_are_not_observed(prometheus_backfilled: BackfilledP
 
 def test_bad_promql_is_permanent(prometheus_backfilled: BackfilledPrometheus,
                                  make_source: MakeSource) -> None:
-    v = variant("broken", requests="sum(rate(vllm:request_success_total{{{selector}}}[2m])")
+    v = variant("broken", requests="sum(rate(vllm:request_success_total{$selector}[2m])")
     src = make_source(prometheus_backfilled.url, v)
     with pytest.raises(PermanentError, match="bad_data") as err:
         src.history("broken", END_TIME - 3600, END_TIME, 60)
@@ -398,7 +398,7 @@ def test_factory_server_scrapes_a_local_endpoint(prometheus_factory: PrometheusF
     try:
         prom = prometheus_factory(scrape_targets=[f"127.0.0.1:{port}"])
         src = make_source(prom.url, variant("scraped",
-                                            queue_depth="sum(fs_test_waiting{{{selector}}})"))
+                                            queue_depth="sum(fs_test_waiting{$selector})"))
         deadline = time.monotonic() + 20
         while (depth := src.live("scraped", time.time()).queue_depth) is None:
             assert time.monotonic() < deadline, "no scraped sample after 20 s"

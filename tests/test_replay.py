@@ -19,9 +19,19 @@ from controller.replay import (
     run_policy,
     run_replay,
 )
-from controller.replay_policies import HPASettings, ReactiveHPA, hpa_recommendation
+from controller.replay_policies import (
+    Headroom,
+    HPASettings,
+    Predictive,
+    PredictiveSettings,
+    ReactiveHPA,
+    hpa_recommendation,
+    nowcast,
+)
 from controller.replay_sim import Fleet, Observation, simulate
+from forecaster.base import History
 from forecaster.trace import TraceSeries, read_trace
+from models.decide import DemandForecast, ScalingState, decide
 
 DATA = Path("/work/shared/data")
 SERVEGEN = DATA / "servegen_per_10min.csv.gz"
@@ -193,3 +203,112 @@ def test_predictive_uses_the_forecasting_engine_when_asked() -> None:
     out = run_policy(prepare(ts, default_fleet(ts, 300.0)), "predictive", forecaster="engine")
     assert "engine:" in out.note
     assert 0.0 < out.slo_attainment <= 1.0
+
+
+class _StubForecaster:
+    """Returns one fixed quantile forecast, whatever the history (for policy unit tests)."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = np.array(values)
+        self.choices: list[tuple[float, str]] = []
+
+    def forecast(self, history: object, horizon: int) -> dict[float, np.ndarray]:
+        return {0.5: self.values.copy(), 0.99: self.values.copy()}
+
+
+def _predictive_with(values: list[float], cold_start_s: float = 300.0
+                     ) -> tuple[Predictive, Fleet]:
+    fleet = Fleet(capacity_rps=1.0, cold_start_s=cold_start_s)
+    windows = History("s", 0.0, 60, np.full(200, 5.0))
+    pred = Predictive(fleet, PredictiveSettings(), windows, 30.0,
+                      ReactiveHPA(fleet, HPASettings()), "baselines")
+    pred.forecaster = _StubForecaster(values)  # type: ignore[assignment]
+    return pred, fleet
+
+
+def _obs(now: float, replicas: int, load: float, queue: float = 0.0) -> Observation:
+    return Observation(now, int(now // 10), replicas, replicas, queue, load)
+
+
+def test_scale_down_keeps_replicas_the_forecast_needs_again_within_one_cold_start() -> None:
+    # Low now and one cold start ahead, but a peak of 19 req/s 2 minutes from now: a replica
+    # removed now could not be back in time, so the fleet holds the peak's 20 replicas.
+    pred, _ = _predictive_with([2.0, 2.0, 19.0] + [2.0] * 20)
+    assert pred.target(_obs(100 * 60.0, 20, 2.0)) == 20
+
+
+def test_scale_down_follows_the_forecast_when_no_peak_comes_back_in_time() -> None:
+    pred, _ = _predictive_with([2.0] * 8 + [19.0] * 20)  # peak 8 minutes out, cold start 5
+    assert pred.target(_obs(100 * 60.0, 20, 2.0)) == 3  # 2 req/s at 95% utilisation
+
+
+@needs_data
+def test_predictive_never_drops_below_its_forecast_need_within_a_cold_start() -> None:
+    ts = _servegen_day(1.0)
+    fleet = default_fleet(ts, 300.0)
+    setup = prepare(ts, fleet)
+    pred = Predictive(fleet, PredictiveSettings(), setup.windows, setup.decision_every * setup.dt,
+                      ReactiveHPA(fleet, HPASettings()), "baselines")
+    seen: list[tuple[int, int, int]] = []  # (ordered before, target, soon need)
+    original = pred.fallback.run
+
+    def spy(fc: DemandForecast | None, obs: Observation, floor: int | None,
+            quantile: float | None, policy: object = None, cold_start_s: float = 0.0) -> int:
+        n = original(fc, obs, floor, quantile, policy, cold_start_s)  # type: ignore[arg-type]
+        if fc is not None and quantile is not None:
+            d = decide(fc, fleet.capacity_rps, cold_start_s, pred.policy,
+                       ScalingState(obs.ordered), obs.now, quantile=quantile)
+            soon = [r for r in d.reasons if r.code == "ForecastNeedsSoon"]
+            seen.append((obs.ordered, n, soon[0].after if soon else -1))
+        return n
+
+    pred.fallback.run = spy  # type: ignore[method-assign]
+    simulate(setup.arrivals, ts.start, setup.dt, fleet, pred, setup.initial_replicas,
+             setup.decision_every)
+    held = [(before, n, soon) for before, n, soon in seen if soon >= 0 and n < before]
+    assert all(n >= soon for _, n, soon in held)
+    assert len(seen) > 100
+
+
+def test_overload_floor_acts_only_on_observed_overload() -> None:
+    pred, _ = _predictive_with([10.0] * 20)
+    assert pred.overload_floor(_obs(0.0, 10, 9.5)) is None  # busy, not overloaded
+    assert pred.overload_floor(_obs(0.0, 10, 10.5, queue=2.0)) is None  # noise, tiny queue
+    assert pred.overload_floor(_obs(0.0, 10, 12.0)) == 12  # 20% over capacity
+    assert pred.overload_floor(_obs(0.0, 10, 10.0, queue=120.0)) == 12  # queue drained in 60 s
+
+
+def test_headroom_tuner_answers_a_day_of_misses_not_one_bad_hour() -> None:
+    h = Headroom(0.95, 0.99, True)
+    for hour in range(25):  # a day served perfectly: the quantile drifts down, slowly
+        h.record(hour * 3600.0, 1000.0, False)
+    calm = h.quantile
+    assert 0.85 < calm < 0.95
+    h.record(25 * 3600.0, 1000.0, True)  # one hour all missed: 4% of the day's requests
+    for hour in range(26, 30):
+        h.record(hour * 3600.0, 1000.0, False)
+    assert h.quantile > calm
+    assert h.quantile < 0.995
+
+
+def test_nowcast_carries_the_live_deviation_and_shrinks_the_current_spread() -> None:
+    qs = {0.5: np.array([100.0, 110.0]), 0.9: np.array([130.0, 150.0])}
+    out = nowcast(qs, 120.0, 300.0, 600, 60.0)
+    assert out[0.5].tolist() == [120.0, 130.0]
+    assert out[0.9][0] == pytest.approx(120.0 + 30.0 * 0.5)  # half the window still to come
+    assert out[0.9][1] == pytest.approx(170.0)
+    assert nowcast(qs, 120.0, 30.0, 600, 60.0) is qs  # metrics window not inside the window
+    assert nowcast(qs, 120.0, 300.0, 60, 60.0) is qs  # short windows: forecast is fresh
+
+
+@needs_data
+def test_utilisation_is_served_over_paid_capacity_and_shown_per_policy() -> None:
+    ts = _servegen_day(1.0)
+    fleet = default_fleet(ts, 120.0)
+    res = replay_series(ts, fleet, forecaster="baselines")
+    for p in res.policies.values():
+        paid = p.sim.ordered.sum() * p.sim.dt * fleet.capacity_rps
+        assert p.utilisation == pytest.approx(p.sim.served.sum() / paid)
+        assert 0.0 < p.utilisation <= 1.0 + 1e-9
+    assert res.policies["oracle"].utilisation >= res.policies["reactive"].utilisation
+    assert "utilisation" in [c.header for c in render_table(res).columns]

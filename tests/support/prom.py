@@ -481,8 +481,9 @@ class PrometheusServer:
             install_blocks(self.blocks, self.data_dir)
         self.write_config()
         last = ""
-        for _ in range(3):  # the free port may be taken between probe and bind
-            self.port = free_port()
+        keep = getattr(self, "port", None)  # a restart comes back on the same address
+        for attempt in range(3):  # the free port may be taken between probe and bind
+            self.port = keep if keep and attempt == 0 else free_port()
             with open(self.log_path, "ab") as log:
                 self._proc = subprocess.Popen(self._command(), stdout=log,
                                               stderr=subprocess.STDOUT,
