@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--quick-long", action="store_true",
                     help="skip the iso-SLO sweep on multi-day series at 120 s (time budget)")
     args = ap.parse_args()
-    console = Console(width=160)
+    console = Console(width=210)
     table = Table(title=f"forescale replay bench (forecaster={args.forecaster})")
     for col in ("series", "cold s", "reactive SLO", "predictive SLO", "reactive/oracle",
                 "predictive/oracle", "iso-SLO reactive target", "pred/reactive @ iso-SLO",

@@ -3,8 +3,11 @@
 - `ReactiveHPA`: the seed-typical HPA (target utilisation, queue-depth metric, stabilisation
   windows, pod-rate limits per period). Its recommendation is `hpa_recommendation`, passed to
   `decide` as a flat demand so the same clamp pipeline the service runs applies it.
-- `Predictive`: forescale as configured for replay: a quantile forecast from the past only,
-  with the live-signal floor and the HPA as fallback while no forecast is trusted.
+- `Predictive`: forescale as configured for replay: the peak of a quantile forecast (past
+  only, corrected by the live load inside long windows) over the window one cold start
+  ahead; a reactive floor only on observed overload; scale-down as soon as the forecast
+  allows but never of a replica it needs again within one cold start; the quantile tuned on
+  per-request attainment over about a day; the HPA as fallback while no forecast is trusted.
 - `Oracle`: exact future demand, each replica ordered exactly one cold start ahead.
 
 Each policy keeps its `ScalingState` with `models.decide.next_state`, as the service does, so
