@@ -224,8 +224,10 @@ class Service:
         if not self._train_lock.acquire(blocking=False):
             raise TemporaryError("a retrain is already running")
         try:
-            now = self.clock()
             step = self.config.prometheus.step_s
+            # Train on the same step grid that forecasts are issued on (whole steps since
+            # the epoch), so a model's data end lines up with the next forecast's origin.
+            now = math.floor(self.clock() / step) * step
             start = now - self.config.prometheus.history_days * 86_400
             histories: dict[str, History] = {}
             for name in names or list(self.variants):
