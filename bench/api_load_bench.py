@@ -23,8 +23,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controller.api import create_app
-from controller.metrics import ForescaleMetrics
-from controller.runner import DEMO_ANCHOR_DAYS, build_demo
+from tests.support.demo import frozen_demo
 from tests.support.http import serve_app
 
 
@@ -56,12 +55,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=16)
     args = ap.parse_args()
-    svc = build_demo(metrics=ForescaleMetrics())
-    start, _ = svc.source.span("servegen-m-small")  # type: ignore[attr-defined]
-    fixed = start + DEMO_ANCHOR_DAYS * 86_400
-    svc.clock = lambda: fixed
-    svc.retrain()
-    svc.reconcile()
+    svc = frozen_demo()
     generation = svc.generation
     table = Table(title=f"API under load: {args.requests} requests, {args.concurrency} clients "
                   "(loopback, 2 cores shared with the server)")

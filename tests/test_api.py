@@ -10,8 +10,9 @@ import pytest
 
 from controller.api import create_app
 from controller.metrics import ForescaleMetrics
-from controller.runner import DEMO_ANCHOR_DAYS, build_demo
+from controller.runner import build_demo
 from controller.service import Service
+from tests.support.demo import frozen_demo
 from tests.support.http import serve_app
 
 TOKEN = "s3cret-token"
@@ -20,13 +21,7 @@ GOLDEN = Path(__file__).parent / "golden" / "metrics_names.txt"
 
 @pytest.fixture(scope="module")
 def service() -> Service:
-    svc = build_demo(metrics=ForescaleMetrics())
-    start, _ = svc.source.span("servegen-m-small")  # type: ignore[attr-defined]
-    fixed = start + DEMO_ANCHOR_DAYS * 86_400
-    svc.clock = lambda: fixed
-    svc.retrain()
-    svc.reconcile()
-    return svc
+    return frozen_demo()
 
 
 @pytest.fixture(scope="module")

@@ -13,23 +13,13 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
 from controller.api import create_app
-from controller.metrics import ForescaleMetrics
-from controller.runner import DEMO_ANCHOR_DAYS, build_demo
+from tests.support.demo import frozen_demo
 
 pytestmark = pytest.mark.integration
 
 
-def _app() -> object:
-    svc = build_demo(metrics=ForescaleMetrics())
-    start, _ = svc.source.span("servegen-m-small")  # type: ignore[attr-defined]
-    fixed = start + DEMO_ANCHOR_DAYS * 86_400
-    svc.clock = lambda: fixed
-    svc.retrain()
-    svc.reconcile()
-    return create_app(svc, token="fuzz-token")
-
-
-schema = schemathesis.openapi.from_asgi("/openapi.json", _app())
+schema = schemathesis.openapi.from_asgi("/openapi.json",
+                                        create_app(frozen_demo(), token="fuzz-token"))
 
 
 @schema.parametrize()
