@@ -3,19 +3,12 @@ parses (every panel's query, the KEDA query and the example config's signals).""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
-import os
 import re
-import shutil
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from controller.config import load_config
 from controller.metrics import ForescaleMetrics
+from tests.support.prom import PrometheusFactory
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "forescale.json"
@@ -139,54 +133,6 @@ def test_render_query_replaces_every_grafana_variable() -> None:
 
 
 # ---------------------------------------------------------------------------- real PromQL
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def prometheus_server(tmp: Path) -> Iterator[str]:
-    """A throwaway Prometheus on 127.0.0.1 (empty TSDB), stopped on exit."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        msg = "prometheus not found: apt-get install -y prometheus"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    (tmp / "prometheus.yml").write_text("global:\n  scrape_interval: 15s\n", encoding="utf-8")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (tmp / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("prometheus did not become ready: "
-                                   + (tmp / "prometheus.log").read_text())
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
-
-
 def query_error(url: str, expr: str) -> str | None:
     """None if Prometheus accepts `expr` as an instant query, else its error."""
     qs = urllib.parse.urlencode({"query": expr})
@@ -220,11 +166,12 @@ def shipped_queries() -> list[tuple[str, str]]:
 
 
 @pytest.mark.integration
-def test_every_shipped_query_parses_in_a_real_prometheus(tmp_path: Path) -> None:
+def test_every_shipped_query_parses_in_a_real_prometheus(
+        prometheus_factory: PrometheusFactory) -> None:
     queries = shipped_queries()
     assert len(queries) > 40
-    with prometheus_server(tmp_path) as url:
-        assert query_error(url, "sum(rate(nope[5m]") is not None, "bad PromQL must be refused"
-        errors = [f"{where}: {expr}\n    -> {err}" for where, expr in queries
-                  if (err := query_error(url, expr)) is not None]
+    url = prometheus_factory().url  # an empty TSDB: parsing is what is checked here
+    assert query_error(url, "sum(rate(nope[5m]") is not None, "bad PromQL must be refused"
+    errors = [f"{where}: {expr}\n    -> {err}" for where, expr in queries
+              if (err := query_error(url, expr)) is not None]
     assert not errors, "\n".join(errors)
