@@ -85,10 +85,23 @@ class PlanItem(BaseModel):
     message: str
 
 
+class GroupPlan(BaseModel):
+    name: str
+    #: variant -> share of the group's served traffic, for the router.
+    routing: dict[str, float]
+    #: variant -> replicas the optimiser would run (advisory).
+    replicas: dict[str, int]
+    unserved_rps: float
+    solver: str
+    optimal: bool
+    reasons: list[str]
+
+
 class PlanResponse(BaseModel):
     ts: str
     total_cost_per_hour: float
     variants: list[PlanItem]
+    groups: list[GroupPlan] = []
 
 
 class DecisionOut(BaseModel):
@@ -222,7 +235,21 @@ def _plan(service: Service) -> PlanResponse:
             reasons=list(last.reasons), message=last.message))
     return PlanResponse(ts=_iso(service.clock()) or "",
                         total_cost_per_hour=sum(i.cost_per_hour or 0.0 for i in items),
-                        variants=items)
+                        variants=items, groups=_group_plans(service))
+
+
+def _group_plans(service: Service) -> list[GroupPlan]:
+    a = service.allocation
+    if a is None:
+        return []
+    out = []
+    for g in service.config.groups:
+        out.append(GroupPlan(
+            name=g.name, routing=dict(a.routing.get(g.name, {})),
+            replicas={n: int(a.replicas.get(n, 0)) for n in g.variants},
+            unserved_rps=float(a.unserved_rps.get(g.name, 0.0)),
+            solver=a.solver, optimal=a.optimal, reasons=list(a.reasons)))
+    return out
 
 
 def _decisions(service: Service, variant: str | None, limit: int) -> list[DecisionOut]:

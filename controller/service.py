@@ -41,12 +41,14 @@ from models.capacity import CapacityEstimate, capacity_at_slo
 from models.decide import (
     Decision,
     DemandForecast,
+    Reason,
     ScalingPolicy,
     ScalingState,
     decide,
     next_state,
 )
 from models.headroom import HeadroomObservation, HeadroomState, tune_quantile
+from models.optimiser import Allocation, GroupDemand, VariantOption, optimise
 
 log = logging.getLogger("forescale.loop")
 
@@ -119,6 +121,8 @@ class Service:
         self._train_lock = threading.Lock()
         self._forecast_cache: dict[tuple[Any, ...], Forecast] = {}
         self.state_store = state_store
+        #: The last plan for variant groups (routing weights, unserved demand), if any.
+        self.allocation: Allocation | None = None
         self._restore()
         for name, model in load_models(config.forecast.model_dir, list(self.variants),
                                        self.fingerprint).items():
@@ -295,10 +299,66 @@ class Service:
     def reconcile(self) -> list[DecisionRecord]:
         t0 = time.perf_counter()
         records = [self._reconcile_safely(name) for name in self.variants]
+        self._plan_groups()
         self._persist()
         self.metrics.reconcile_duration.observe(time.perf_counter() - t0)
         self.metrics.is_leader.set(1 if self.is_leader() else 0)
         return records
+
+    def _plan_groups(self) -> None:
+        """Routing weights and unserved demand for substitutable variants, at least cost
+        under the GPU quotas (MILP, greedy fallback). Advisory: each variant's replicas still
+        come from its own decision pipeline; the router applies the weights."""
+        if not self.config.groups:
+            return
+        groups = []
+        for g in self.config.groups:
+            options, demand = [], 0.0
+            for n in g.variants:
+                rt = self.variants[n]
+                d = rt.last_decision
+                if d is not None and math.isfinite(d.demand):
+                    demand += d.demand
+                options.append(VariantOption.from_profile(
+                    n, rt.config.profile, self.capacity(rt).rps, rt.config.min_replicas,
+                    rt.config.max_replicas))
+            groups.append(GroupDemand(g.name, demand, tuple(options), g.quality_floor))
+        try:
+            self.allocation = optimise(groups, self.config.gpu_quotas or None,
+                                       time_limit_s=2.0)
+        except Exception as exc:  # a planning bug must not stop reconciling
+            log.exception("group planning failed: %s", exc)
+            self.metrics.reconcile_errors.labels("*", "group-plan").inc()
+
+    def _quota_clamp(self, name: str, d: Decision) -> Decision:
+        """Never scale a variant up past its GPU type's quota, counting what the other
+        variants of that type were last given; never scale down because of the quota."""
+        prof = self.variants[name].config.profile
+        quota = self.config.gpu_quotas.get(prof.gpu_type)
+        if quota is None or d.replicas <= d.current:
+            return d
+        used = sum(self._replicas_now(n) * rt.config.profile.gpus_per_replica
+                   for n, rt in self.variants.items()
+                   if n != name and rt.config.profile.gpu_type == prof.gpu_type)
+        allowed = max(d.current, (quota - used) // prof.gpus_per_replica)
+        if d.replicas <= allowed:
+            return d
+        why = Reason("AtGpuQuota", f"{prof.gpu_type} quota {quota} GPUs, {used} used by other "
+                     "variants", d.replicas, allowed)
+        return replace(d, replicas=allowed, reasons=(*d.reasons, why),
+                       gpu_hours_per_hour=allowed * prof.gpus_per_replica,
+                       cost_per_hour=allowed * prof.cost_per_replica_hour)
+
+    def _replicas_now(self, name: str) -> int:
+        """A variant's replicas as last decided, or as its target reports before that."""
+        d = self.variants[name].last_decision
+        if d is not None:
+            return d.replicas
+        try:
+            return self.targets[name].current_replicas(name)
+        except (TemporaryError, PermanentError) as exc:
+            log.warning("quota: cannot read replicas of %s (%s): counting its max", name, exc)
+            return self.variants[name].config.max_replicas
 
     def _reconcile_safely(self, name: str) -> DecisionRecord:
         """One variant's pass; a bug in one variant's path holds it, never the others."""
@@ -412,8 +472,9 @@ class Service:
         kwargs: dict[str, Any] = {"quantile": rt.headroom.quantile,
                                   "gpus_per_replica": v.profile.gpus_per_replica,
                                   "gpu_hourly_usd": v.profile.gpu_hourly_usd}
-        decision = decide(demand, cap.rps, v.profile.cold_start_s, policy, state, now,
-                          reactive_floor=floor, **kwargs)
+        decision = self._quota_clamp(name, decide(
+            demand, cap.rps, v.profile.cold_start_s, policy, state, now,
+            reactive_floor=floor, **kwargs))
         predictive = decide(demand, cap.rps, v.profile.cold_start_s, policy, state, now,
                             **kwargs).replicas if demand is not None else None
         if floor is not None and predictive is not None and floor > predictive:

@@ -195,3 +195,45 @@ def test_corrupt_state_file_is_ignored_with_an_error(tmp_path: Path,
     svc = make_service(daily_load(), T0 + 3 * 86_400, store=FileStateStore(p))
     assert svc.variants["v"].scaling is None
     assert "unreadable" in caplog.text
+
+
+def two_variant_service(load: np.ndarray, quota: int, **extra: Any) -> Service:
+    variant = {"deployment": {"namespace": "llm", "name": "x"}, "min_replicas": 1,
+               "max_replicas": 40}
+    cfg = parse_config({
+        "prometheus": {"step_s": STEP, "history_days": 3},
+        "forecast": {"horizon_s": 900},
+        "gpu_quotas": {"L4": quota},
+        "variants": [
+            {**variant, "name": "big", "profile": {"capacity_rps": 10.0, "cold_start_s": 120,
+                                                   "gpu_type": "L4", "gpus_per_replica": 2,
+                                                   "quality": 0.9}},
+            {**variant, "name": "small", "profile": {"capacity_rps": 10.0, "cold_start_s": 120,
+                                                     "gpu_type": "L4", "quality": 0.7}}],
+        **extra,
+    })
+    now = T0 + 3 * 86_400
+    return Service(cfg, ArraySource(load), {"big": DryRunTarget({"big": 2}),
+                                            "small": DryRunTarget({"small": 2})},
+                   clock=lambda: now, metrics=ForescaleMetrics())
+
+
+def test_gpu_quota_caps_scale_up_and_says_so() -> None:
+    svc = two_variant_service(daily_load(level=100.0), quota=12)
+    svc.retrain()
+    big, small = svc.reconcile()
+    gpus = big.desired * 2 + small.desired  # type: ignore[operator]
+    assert gpus <= 12
+    assert "AtGpuQuota" in {r["code"] for r in small.reasons}
+
+
+def test_variant_groups_get_routing_weights_and_report_unserved_demand() -> None:
+    svc = two_variant_service(daily_load(level=100.0), quota=6, groups=[
+        {"name": "chat", "variants": ["big", "small"], "quality_floor": 0.5}])
+    svc.retrain()
+    svc.reconcile()
+    a = svc.allocation
+    assert a is not None and a.solver in ("milp", "greedy")
+    weights = a.routing["chat"]
+    assert set(weights) <= {"big", "small"} and abs(sum(weights.values()) - 1.0) < 1e-6
+    assert a.unserved_rps["chat"] > 0  # 6 GPUs cannot serve ~100 req/s at 10 req/s each
