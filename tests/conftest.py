@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
+
+from tests.support.net import free_port
+
+__all__ = ["REPO", "SHARED_DATA", "free_port"]
 
 pytest_plugins = ["tests.support.prom", "tests.support.k8s_emulator"]
 
@@ -13,10 +16,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

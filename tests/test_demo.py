@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.support.proc import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +40,7 @@ def demo_url() -> Iterator[str]:
             pytest.fail("demo not ready within 60 s")
         yield url
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=15)
         if proc.stdout is not None:
             proc.stdout.close()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import yaml
 from forecaster.trace import TraceSeries
 from tests.conftest import REPO, free_port
 from tests.support.k8s_emulator import K8sEmulator, rules_from_manifests
+from tests.support.proc import stop_process
 from tests.support.prom import PrometheusServer, build_blocks, model_series
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -89,12 +89,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, object]]:
                 yield {"k8s": k8s, "url": f"http://127.0.0.1:{port}", "proc": proc,
                        "log": log_path, "end": end}
             finally:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop_process(proc)
 
 
 def test_deployment_is_scaled_before_the_burst_arrives(stack: dict[str, object]) -> None:

@@ -32,7 +32,6 @@ import hashlib
 import math
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -52,6 +51,7 @@ import yaml
 from scipy.special import ndtr
 
 from forecaster.trace import TraceSeries, read_trace
+from tests.support.net import free_port
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -384,13 +384,6 @@ def install_blocks(blocks: Path, data_dir: Path) -> None:
 
 # --------------------------------------------------------------------------------------------
 # Server
-
-
-def free_port() -> int:
-    """A TCP port free right now on 127.0.0.1 (the server retries if it is taken meanwhile)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _duration(seconds: float) -> str:
