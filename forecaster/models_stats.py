@@ -231,11 +231,13 @@ class SeasonalHolt(PointForecaster):
     def _fit_mstl(self, y: FloatArray, start: float, step_s: int, p_day: int) -> None:
         from statsmodels.tsa.seasonal import MSTL
 
-        if p_day > 288 or y.shape[0] < 2 * p_day:
-            raise NotEnoughHistoryError(self.name, y.shape[0], 2 * p_day)
+        # MSTL silently drops every period that is not shorter than half the series (and
+        # then fails with an unbound local), so each period needs *more* than two cycles.
+        if p_day > 288 or y.shape[0] <= 2 * p_day:
+            raise NotEnoughHistoryError(self.name, y.shape[0], 2 * p_day + 1)
         periods = [p_day]
         p_week = steps_per(WEEK_S, step_s)
-        if y.shape[0] >= 2 * p_week:
+        if y.shape[0] > 2 * p_week:
             periods.append(p_week)
         jump = {f"{k}_jump": max(1, p_day // 10) for k in ("seasonal", "trend", "low_pass")}
         res = MSTL(y, periods=periods, stl_kwargs=jump).fit()

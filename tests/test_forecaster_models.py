@@ -95,3 +95,19 @@ def test_global_model_serves_every_long_enough_variant() -> None:
     assert all(m.name == "lgbm_global" for m in models.values())
     out = models["servegen-m-small"].predict(3, [0.5, 0.9])
     assert np.isfinite(out[0.9]).all()
+
+
+@pytest.mark.parametrize("days", [2, 14])
+def test_mstl_on_exactly_two_seasons_refuses_instead_of_crashing(days: int) -> None:
+    """MSTL drops a period that is not shorter than half the series and then fails with an
+    unbound local inside statsmodels (seen in replays); a fit window of exactly two days (or
+    two weeks, for the weekly period) must refuse or fit on fewer periods, never crash."""
+    source, _ = recorded("servegen-m-small")
+    window = source.slice(days * 144)
+    model = SeasonalHolt("mstl", 3)
+    if days == 2:
+        with pytest.raises(NotEnoughHistoryError, match="have 288, need 289"):
+            model._fit_params(window.values, window.start, window.step_s)
+    else:  # two weeks: the daily season only; the weekly one needs more than two cycles
+        model._fit_params(window.values, window.start, window.step_s)
+        assert [period for period, _ in model._season.profiles] == [86_400]
