@@ -1,6 +1,6 @@
 """Forecasting benchmark: accuracy (the backtest) and speed on the shipped real traces.
 
-Run: /work/venv/bin/python bench/forecast_bench.py [--data DIR] [--jobs 2]
+Run: python bench/forecast_bench.py [--data DIR] [--jobs 2]
 
 1. Accuracy: `run_backtest` on every trace in the data directory, ratios vs baselines.
 2. Speed: `train_all` on 1, 10 and 100 variants of 14 days at 1-minute steps. The series are

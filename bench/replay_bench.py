@@ -51,7 +51,7 @@ def row(result: ReplayResult, cold: float, seconds: float) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/shared/data")
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--forecaster", default="auto", choices=("auto", "engine", "baselines"))
     ap.add_argument("--quick", action="store_true", help="skip the iso-SLO sweep")
     ap.add_argument("--series", default="", help="comma-separated subset")

@@ -46,7 +46,8 @@ from models.profile import VariantProfile
 
 POLICIES = ("reactive", "predictive", "oracle")
 #: Reactive targets tried by `iso_slo`, from lean to generous.
-ISO_SLO_TARGETS = (0.9, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.07, 0.05)
+ISO_SLO_TARGETS = (0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2,
+                   0.15, 0.1, 0.07, 0.05)
 #: Without a profile, one replica carries this share of the series' mean load (~20 replicas).
 DEFAULT_REPLICAS_AT_MEAN = 20.0
 
@@ -227,7 +228,8 @@ def run_policy(setup: ReplaySetup, name: str, slo_target: float = 0.99,
         models = sorted({m for _, m in pred.forecaster.choices})
         qs = pred.headroom.trail or [pred.headroom.quantile]
         note = (f"quantile {min(qs):.3f}..{max(qs):.3f}, median {float(np.median(qs)):.3f} "
-                f"(models.headroom{'' if pred.headroom.enabled else ' absent: fixed'}); "
+                f"({pred.headroom.calibrated} of {len(pred.headroom.trail)} tunes calibrated on "
+                f"the forecast record, the rest by feedback); "
                 f"models {', '.join(models) or 'none'}; {pred.forecast_decisions} forecast "
                 f"decisions, {pred.overload_decisions} on overload")
     return PolicyOutcome.of(name, sim, fleet, note)

@@ -16,31 +16,22 @@ stabilisation windows and per-period rate limits see the same history they would
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections import deque
 from dataclasses import dataclass, replace
-from types import ModuleType
 
 import numpy as np
 
 from controller.replay_forecast import PastOnlyForecaster
 from controller.replay_sim import Fleet, Observation
 from forecaster.base import FloatArray, History
+from models import headroom as _headroom
 from models.decide import DemandForecast, ScalingPolicy, ScalingState, decide, next_state
+from models.headroom import QuantileCalibrator
 
 _BIG = 1_000_000
 
 
-def _optional(module: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        return None
-
-
-#: The SLO-targeted quantile tuner, when the models package ships it.
-_headroom = _optional("models.headroom")
 
 
 @dataclass(frozen=True)
@@ -150,8 +141,9 @@ class PredictiveSettings:
 
     #: Starting provisioning quantile; the headroom tuner moves it toward the SLO target.
     provisioning_quantile: float = 0.95
-    #: Quantile levels forecast; `decide` interpolates the tuned quantile between them.
-    levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
+    #: Quantile levels forecast; `decide` interpolates the tuned quantile between them. The
+    #: top levels let the calibrator buy more headroom on series whose jumps need it.
+    levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
     #: Share of a replica's capacity planned for at the provisioning quantile.
     target_utilisation: float = 0.95
     #: Overload floor: load plus the queue drained within this many seconds, at capacity.
@@ -171,11 +163,16 @@ class PredictiveSettings:
     slo_target: float = 0.99
     tune_headroom: bool = True
     #: The tuner aims this share of the miss budget below it, so noise stays inside the SLO.
-    attainment_margin: float = 0.3
+    attainment_margin: float = 0.4
     #: Tuner period and memory: per-request attainment of each period, smoothed over about
     #: `headroom_memory_s` (a day: the quantile follows the daily cycle's risk, not a burst).
     headroom_every_s: float = 3600.0
     headroom_memory_s: float = 86_400.0
+    #: Choose the quantile from the forecast record (`models.headroom.QuantileCalibrator`)
+    #: once it holds `calibration_min_windows` windows, over at most `calibration_memory_s`.
+    calibrate: bool = True
+    calibration_memory_s: float = 7 * 86_400.0
+    calibration_min_windows: int = 144
     #: Use the live load to correct the forecast within a long window (see `nowcast`).
     nowcast: bool = True
     #: The simulator's metrics window: the live load is the mean rate over this span.
@@ -232,12 +229,24 @@ class Predictive:
             scale_down_stabilisation_s=settings.scale_down_stabilisation_s,
             forecast_window_s=decision_interval_s)
         budget = 1.0 - settings.slo_target
+        cap = fleet.capacity_rps
+        self._slack_s = fleet.ttft_slo_s - float(fleet.base_ttft(np.array([cap]))[0])
+        calibrator = None
+        if settings.calibrate:
+            # A shortfall lasts until replicas the overload floor orders are ready: the
+            # metrics window to see it, a decision interval, one cold start.
+            exposure = fleet.cold_start_s + settings.metrics_window_s + decision_interval_s
+            model = _headroom.ShortfallModel(step, min(step, exposure), max(0.0, self._slack_s),
+                                             1.0 / settings.target_utilisation)
+            memory = max(settings.calibration_min_windows,
+                         min(20_000, math.ceil(settings.calibration_memory_s / step)))
+            calibrator = _headroom.QuantileCalibrator(
+                settings.levels, model, memory, settings.calibration_min_windows)
         self.headroom = Headroom(settings.provisioning_quantile,
                                  settings.slo_target + settings.attainment_margin * budget,
                                  settings.tune_headroom, settings.headroom_every_s,
-                                 settings.headroom_memory_s)
-        cap = fleet.capacity_rps
-        self._slack_s = fleet.ttft_slo_s - float(fleet.base_ttft(np.array([cap]))[0])
+                                 settings.headroom_memory_s, calibrator)
+        self._observed = 0
         self._cache: tuple[int, dict[float, FloatArray] | None] = (-1, None)
         self.forecast_decisions = 0
         self.overload_decisions = 0
@@ -277,6 +286,22 @@ class Predictive:
         wait = obs.queue / serving if serving > 0 else (math.inf if obs.queue > 0 else 0.0)
         self.headroom.record(obs.now, obs.load_rps * self.interval_s, wait > self._slack_s)
 
+    def _record_forecast(self, now: float, done: int, qs: dict[float, FloatArray]) -> None:
+        """Give the calibrator the forecast that orders replicas for the window one cold
+        start ahead, and the loads of windows completed since (past data only)."""
+        cal = self.headroom.calibrator
+        if cal is None:
+            return
+        w = self.windows
+        for k in range(self._observed, done):
+            cal.observe(w.start + k * w.step_s, float(w.values[k]))
+        self._observed = max(self._observed, done)
+        j = math.floor((now + self.fleet.cold_start_s - w.start) / w.step_s)
+        idx = j - done
+        if 0 <= idx < min(v.shape[0] for v in qs.values()):
+            cal.expect(w.start + j * w.step_s, {q: float(v[idx]) for q, v in qs.items()},
+                       self.headroom.quantile)
+
     def target(self, obs: Observation) -> int:
         done, qs = self._forecast(obs.now)
         if qs is None:
@@ -287,13 +312,18 @@ class Predictive:
         issued = self.windows.start + done * step
         if self.s.nowcast:
             qs = nowcast(qs, obs.load_rps, obs.now - issued, step, self.s.metrics_window_s)
+        self._record_forecast(obs.now, done, qs)
         fc = DemandForecast(issued, step, qs)
         return self.fallback.run(fc, obs, self.overload_floor(obs), self.headroom.quantile,
                                  self.policy, self.fleet.cold_start_s)
 
 
 class Headroom:
-    """The provisioning quantile, tuned by `models.headroom` on per-request attainment.
+    """The provisioning quantile: calibrated on the forecast record, else tuned on misses.
+
+    Once the calibrator (`models.headroom.QuantileCalibrator`) holds enough windows, each
+    period's quantile is its choice: the lowest whose estimated per-request miss share, corrected
+    by measured over estimated misses, fits the budget. Before that, the feedback tuner below.
 
     Requests are tallied per period (`every_s`); at the end of each period the period's
     attainment goes to `models.headroom.tune_quantile` with a smoothing weight of one period
@@ -303,16 +333,19 @@ class Headroom:
     """
 
     def __init__(self, quantile: float, attainment_target: float, enabled: bool,
-                 every_s: float = 3600.0, memory_s: float = 86_400.0) -> None:
+                 every_s: float = 3600.0, memory_s: float = 86_400.0,
+                 calibrator: QuantileCalibrator | None = None) -> None:
         self.quantile = quantile
         self.attainment_target = attainment_target
-        self.enabled = enabled and _headroom is not None
+        self.calibrator = calibrator
+        self.calibrated = 0
+        self.enabled = enabled
         self.every_s = every_s
-        self._state = _headroom.HeadroomState(quantile=quantile) if _headroom else None
+        self._state = _headroom.HeadroomState(quantile=quantile)
         alpha = min(1.0, every_s / memory_s)
         self._config = _headroom.HeadroomConfig(
             alpha=alpha, gain_up=0.3 * alpha * 24, gain_down=0.02 * alpha * 24,
-            max_step=0.5, dead_band=0.25) if _headroom else None
+            max_step=0.5, dead_band=0.25)
         self._period_end: float | None = None
         self._total = 0.0
         self._missed = 0.0
@@ -328,13 +361,23 @@ class Headroom:
         if math.isfinite(requests) and requests > 0:
             self._total += requests
             self._missed += requests if missed else 0.0
+            if self.calibrator is not None:
+                self.calibrator.measured(requests, requests if missed else 0.0)
 
     def _tune(self) -> None:
         total, missed = self._total, self._missed
         self._total = self._missed = 0.0
         if not self.enabled or total <= 0:
             return
-        assert _headroom is not None and self._state is not None
+        if self.calibrator is not None and self._period_end is not None:
+            choice = self.calibrator.choose(self._period_end, 1.0 - self.attainment_target)
+            if choice is not None:
+                # The feedback state follows, so it resumes from here if the record thins.
+                self.quantile = choice.quantile
+                self._state = replace(self._state, quantile=choice.quantile)
+                self.calibrated += 1
+                self.trail.append(self.quantile)
+                return
         obs = _headroom.HeadroomObservation(math.nan, math.nan, 1.0 - missed / total)
         upd = _headroom.tune_quantile(self._state, obs, self.attainment_target, self._config)
         self._state, self.quantile = upd.state, upd.quantile

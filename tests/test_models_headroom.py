@@ -6,10 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import numpy as np
+
 from models.headroom import (
     HeadroomConfig,
     HeadroomObservation,
     HeadroomState,
+    QuantileCalibrator,
+    ShortfallModel,
     tune_quantile,
 )
 
@@ -85,3 +89,85 @@ def test_quantile_always_within_bounds(q: float, att: list[float | None],
         out = tune_quantile(state, HeadroomObservation(1.0, 1.0, attainment=a), target, cfg)
         assert cfg.min_quantile <= out.quantile <= cfg.max_quantile
         state = out.state
+
+
+# ---- the calibrator ------------------------------------------------------------------------
+# A 600 s window, replicas from the reactive path after 390 s, 4.5 s of queueing slack.
+MODEL = ShortfallModel(window_s=600.0, exposure_s=390.0, slack_s=4.5)
+LEVELS = (0.5, 0.9, 0.99, 0.999)
+
+
+def test_shortfall_misses_grow_with_the_overload_and_stop_at_the_exposure() -> None:
+    prov = np.array([100.0, 100.0, 100.0, 100.0, 0.0, 100.0])
+    actual = np.array([90.0, 100.0, 101.0, 200.0, 50.0, 0.0])
+    share = MODEL.missed_share(prov, actual)
+    assert share[0] == share[1] == share[5] == 0.0  # covered, exactly covered, idle
+    # 1% over: the queue passes the slack after 450 s, after the reactive replicas came.
+    assert share[2] == 0.0
+    # Twice the capacity: over the SLO after 4.5 s until 390 s.
+    assert share[3] == pytest.approx((390.0 - 4.5) / 600.0)
+    assert share[4] == pytest.approx(390.0 / 600.0)  # nothing provisioned at all
+    hot = ShortfallModel(600.0, 390.0, 4.5, capacity_factor=2.0)  # running at 50%
+    assert hot.missed_share(prov, actual)[3] == 0.0
+
+
+def test_shortfall_model_names_the_bad_field() -> None:
+    with pytest.raises(ValueError, match="capacity_factor=0.8"):
+        ShortfallModel(600.0, 390.0, 4.5, capacity_factor=0.8)
+    with pytest.raises(ValueError, match="window_s=0"):
+        ShortfallModel(0, 390.0, 4.5)
+
+
+def _record(cal: QuantileCalibrator, n: int, seed: int = 0, used: float = 0.9) -> None:
+    """Windows whose load is the forecast's own distribution: lognormal around 100."""
+    rng = np.random.default_rng(seed)
+    z = {0.5: 0.0, 0.9: 1.2816, 0.99: 2.3263, 0.999: 3.0902}
+    for k in range(n):
+        cal.expect(600.0 * k, {q: 100.0 * float(np.exp(0.2 * z[q])) for q in LEVELS}, used)
+        cal.observe(600.0 * k, 100.0 * float(np.exp(0.2 * rng.standard_normal())))
+
+
+def test_calibrator_waits_for_a_record_then_picks_the_lowest_quantile_in_budget() -> None:
+    cal = QuantileCalibrator(LEVELS, MODEL, memory=2000, min_samples=144)
+    _record(cal, 143)
+    assert cal.choose(0.0, 0.01, measured=False) is None
+    _record(cal, 2000, seed=1)
+    out = cal.choose(0.0, 0.01, measured=False)
+    assert out is not None and out.samples == 2000
+    assert out.estimated_miss <= 0.01
+    # The next grid point down would be over budget: it is the lowest that fits.
+    lower = cal.grid[cal.grid < out.quantile].max()
+    tighter = cal.choose(0.0, 0.999 * out.estimated_miss, measured=False)
+    assert tighter is not None and tighter.quantile > lower
+    # A looser budget buys less headroom; the record is the forecast's own distribution,
+    # so the chosen quantile sits in the upper tail, not at a bound.
+    loose = cal.choose(0.0, 0.05, measured=False)
+    assert loose is not None and 0.5 < loose.quantile < out.quantile < 0.999
+
+
+def test_measured_misses_above_the_estimate_buy_more_headroom() -> None:
+    plain = QuantileCalibrator(LEVELS, MODEL, memory=2000)
+    _record(plain, 2000)
+    base = plain.choose(0.0, 0.01)
+    burned = QuantileCalibrator(LEVELS, MODEL, memory=2000)
+    _record(burned, 2000)
+    burned.measured(1e9, 1e8)  # 10% of a huge volume of requests missed
+    out = burned.choose(0.0, 0.01)
+    assert base is not None and out is not None
+    assert out.correction > base.correction and out.quantile > base.quantile
+    assert "correction" in out.reason
+
+
+def test_calibrator_drops_non_finite_loads_and_keeps_the_first_forecast() -> None:
+    cal = QuantileCalibrator(LEVELS, MODEL, min_samples=1, memory=10)
+    cal.expect(0.0, {q: 100.0 for q in LEVELS}, 0.9)
+    cal.expect(0.0, {q: 1.0 for q in LEVELS}, 0.9)  # a later forecast for the same window
+    cal.observe(0.0, float("nan"))
+    assert len(cal) == 0
+    cal.expect(600.0, {q: 100.0 for q in LEVELS}, 0.9)
+    cal.expect(600.0, {q: 1.0 for q in LEVELS}, 0.9)
+    cal.observe(600.0, 100.0)
+    out = cal.choose(0.0, 0.01, measured=False)
+    assert len(cal) == 1 and out is not None and out.estimated_miss == 0.0
+    with pytest.raises(ValueError, match="target_miss must be in"):
+        cal.choose(0.0, 0.0)

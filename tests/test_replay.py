@@ -33,11 +33,13 @@ from controller.replay_sim import Fleet, Observation, simulate
 from forecaster.base import History
 from forecaster.trace import TraceSeries, read_trace
 from models.decide import DemandForecast
+from tests.conftest import SHARED_DATA
 
-DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 SERVEGEN = DATA / "servegen_per_10min.csv.gz"
 MOONCAKE = DATA / "mooncake_per_10s.csv"
-needs_data = pytest.mark.skipif(not SERVEGEN.exists(), reason="shared traces not present")
+#: Fails (never skips) with a clear message when the traces are not beside the repo.
+needs_data = pytest.mark.usefixtures("shared_data")
 
 
 def _servegen_day(days: float = 1.0, offset: int = 0) -> TraceSeries:
@@ -316,3 +318,47 @@ def test_utilisation_is_served_over_paid_capacity_and_shown_per_policy() -> None
         assert 0.0 < p.utilisation <= 1.0 + 1e-9
     assert res.policies["oracle"].utilisation >= res.policies["reactive"].utilisation
     assert "utilisation" in [c.header for c in render_table(res).columns]
+
+
+@needs_data
+def test_calibrated_headroom_takes_over_and_still_sees_only_the_past() -> None:
+    """After a day of forecast record the calibrator chooses the quantile; perturbing the
+    load after a cut changes nothing the policy did before it, calibrator included."""
+    ts = _servegen_day(2.5)
+    fleet = default_fleet(ts, 300.0)
+    cut = 300  # windows: 50 h in, after the calibrator has taken over (144 windows + a tune)
+    bent = ts.requests.copy()
+    bent[cut:] *= 3.0
+    runs = []
+    for requests in (ts.requests, bent):
+        setup = prepare(replace(ts, requests=requests), fleet)
+        pred = Predictive(fleet, PredictiveSettings(), setup.windows,
+                          setup.decision_every * setup.dt, ReactiveHPA(fleet, HPASettings()),
+                          "baselines")
+        cal = pred.headroom.calibrator
+        assert cal is not None
+        clock = [0.0]
+        seen: list[tuple[float, float]] = []
+        target, observe = pred.target, cal.observe
+
+        def timed(obs: Observation, target=target, clock=clock) -> int:
+            clock[0] = obs.now
+            return target(obs)
+
+        def spy(start: float, rps: float, observe=observe, clock=clock, seen=seen) -> None:
+            seen.append((start, clock[0]))
+            observe(start, rps)
+
+        pred.target = timed  # type: ignore[method-assign]
+        cal.observe = spy  # type: ignore[method-assign]
+        sim = simulate(setup.arrivals, ts.start, setup.dt, fleet, pred,
+                       setup.initial_replicas, setup.decision_every)
+        # The calibrator learns a window's load only once the window has ended.
+        assert seen and all(start + ts.step_s <= now for start, now in seen)
+        runs.append((pred, sim))
+    (a, sim_a), (_, sim_b) = runs
+    assert a.headroom.calibrated > 0 and a.headroom.calibrator is not None
+    assert len(a.headroom.calibrator) >= 144
+    k = round(cut * ts.step_s / sim_a.dt)
+    assert np.array_equal(sim_a.ordered[:k], sim_b.ordered[:k])
+    assert not np.array_equal(sim_a.ordered, sim_b.ordered)

@@ -59,7 +59,8 @@ FloatArray = npt.NDArray[np.float64]
 END_TIME = 1_735_689_600
 #: Bump when the block layout changes in a way the source hash would not catch.
 FORMAT_VERSION = 1
-DATA_DIR = Path(os.environ.get("FORESCALE_TEST_DATA", "/work/shared/data"))
+DATA_DIR = Path(os.environ.get("FORESCALE_TEST_DATA",
+                               Path(__file__).resolve().parents[3] / "shared" / "data"))
 TRACE_FILES = ("servegen_per_10min.csv.gz", "azure_llm_2023_per_10s.csv", "mooncake_per_10s.csv")
 NAMESPACE = "llm"
 #: vLLM's `max_num_seqs` default: the ceiling of `vllm:num_requests_running` per replica.
