@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import numpy as np
 
 from models.headroom import (
     HeadroomConfig,
@@ -112,7 +111,7 @@ def test_shortfall_misses_grow_with_the_overload_and_stop_at_the_exposure() -> N
 
 
 def test_shortfall_model_names_the_bad_field() -> None:
-    with pytest.raises(ValueError, match="capacity_factor=0.8"):
+    with pytest.raises(ValueError, match=r"capacity_factor=0\.8"):
         ShortfallModel(600.0, 390.0, 4.5, capacity_factor=0.8)
     with pytest.raises(ValueError, match="window_s=0"):
         ShortfallModel(0, 390.0, 4.5)
