@@ -3,7 +3,8 @@
 Run: python bench/forecast_bench.py [--data DIR] [--jobs 2]
 
 1. Accuracy: `run_backtest` on every trace in the data directory, ratios vs baselines.
-2. Speed: `train_all` on 1, 10 and 100 variants of 14 days at 1-minute steps. The series are
+2. How much there is to win: an in-sample linear bound per series (`linear_bound`).
+3. Speed: `train_all` on 1, 10 and 100 variants of 14 days at 1-minute steps. The series are
    the real ServeGen 10-minute series interpolated to 1 minute, with copies shifted in time
    (whole hours, wrapped) and rescaled — real shapes, no invented traffic. Peak memory is the
    max RSS of this process and its workers; predict time is per variant for 30 steps.
@@ -27,7 +28,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from forecaster.backtest import render_table, run_backtest
+from forecaster.backtest import default_horizon, render_table, run_backtest
 from forecaster.base import History
 from forecaster.engine import fallback_count, train_all
 from forecaster.trace import read_trace
@@ -110,6 +111,55 @@ def summary(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
+def linear_bound(data: Path) -> Table:
+    """How much a linear model could win at best: fitted on the test origins themselves.
+
+    For each series, an L1 (median) regression of y[o+h] on the last 12 values and, with a
+    week of history, the values one day and one week before the target (and the day-ago
+    neighbours) is fitted *in-sample* on the backtest's own origins and steps 1..H. That is
+    cheating by design, so its MAE over naive's on the same origins is a lower bound for any
+    linear forecaster (ETS, ARIMA, Holt-Winters, linear lag models): if it stays above the
+    target ratio, no honest linear model reaches it there. Series with fewer than ten
+    origins per coefficient are skipped (an in-sample fit there measures only overfitting).
+    """
+    table = Table(title="in-sample linear bound (fitted on the test origins: no honest "
+                        "linear model beats it)")
+    for c in ("series", "origins", "coefficients", "bound MAE / naive"):
+        table.add_column(c, justify="left" if c == "series" else "right")
+    for path in sorted(p for p in data.iterdir() if ".csv" in p.name):
+        for name, series in read_trace(path).items():
+            y = series.requests.astype(np.float64)
+            n = y.shape[0]
+            horizon = default_horizon(series.step_s)
+            day, week = round(86_400 / series.step_s), round(7 * 86_400 / series.step_s)
+            seasonal = n - round(n * 0.2) - 1 > week + 1  # a week before the first origin
+            first = max(n - round(n * 0.2) - 1, 11, week + 1 if seasonal else 0)
+            rows, target, naive = [], [], []
+            for o in range(first, n - horizon):
+                for h in range(1, horizon + 1):
+                    f = [1.0, *y[o - 11:o + 1][::-1]]
+                    if seasonal:
+                        f += [y[o + h - day - 1], y[o + h - day], y[o + h - day + 1],
+                              y[o + h - week]]
+                    rows.append(f)
+                    target.append(y[o + h])
+                    naive.append(y[o])
+            x, z, nv = np.array(rows), np.array(target), np.array(naive)
+            ok = np.isfinite(x).all(axis=1) & np.isfinite(z) & np.isfinite(nv)
+            x, z, nv = x[ok], z[ok], nv[ok]
+            origins = z.shape[0] // horizon
+            if origins < 10 * x.shape[1]:
+                table.add_row(name, str(origins), str(x.shape[1]), "skipped: too few origins")
+                continue
+            beta = np.linalg.lstsq(x, z, rcond=None)[0]
+            for _ in range(30):  # iteratively reweighted least squares -> L1 fit
+                w = np.sqrt(1.0 / np.maximum(np.abs(z - x @ beta), 1e-6))
+                beta = np.linalg.lstsq(x * w[:, None], z * w, rcond=None)[0]
+            ratio = float(np.mean(np.abs(z - x @ beta)) / np.mean(np.abs(z - nv)))
+            table.add_row(name, str(origins), str(x.shape[1]), f"{ratio:.3f}")
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=DATA)
@@ -119,6 +169,7 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     rows = accuracy(args.data, args.jobs)
     console.print(summary(rows))
+    console.print(linear_bound(args.data))
     if args.skip_speed:
         return
     table = Table(title="training speed: 14 days x 1-minute steps (targets: 100 variants "

@@ -68,6 +68,9 @@ class VariantOut(BaseModel):
     gpus_per_replica: int
     cost_per_replica_hour: float
     actuation: str
+    #: The forecast quantile provisioned for, and how it was chosen (calibrated or feedback).
+    provisioning_quantile: float
+    headroom: str
 
 
 class PlanItem(BaseModel):
@@ -214,7 +217,8 @@ def _variant_out(service: Service, name: str) -> VariantOut:
         capacity_rps_at_slo=service.capacity(rt).rps, cold_start_s=v.profile.cold_start_s,
         gpu_type=v.profile.gpu_type, gpus_per_replica=v.profile.gpus_per_replica,
         cost_per_replica_hour=v.profile.cost_per_replica_hour,
-        actuation=service.config.mode_of(v).value)
+        actuation=service.config.mode_of(v).value,
+        provisioning_quantile=rt.headroom.quantile, headroom=rt.headroom_reason)
 
 
 def _plan(service: Service) -> PlanResponse:

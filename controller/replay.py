@@ -48,6 +48,8 @@ POLICIES = ("reactive", "predictive", "oracle")
 #: Reactive targets tried by `iso_slo`, from lean to generous.
 ISO_SLO_TARGETS = (0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2,
                    0.15, 0.1, 0.07, 0.05)
+#: Shortest window the predictive policy forecasts (the service's default Prometheus step).
+FORECAST_MIN_STEP_S = 60
 #: Without a profile, one replica carries this share of the series' mean load (~20 replicas).
 DEFAULT_REPLICAS_AT_MEAN = 20.0
 
@@ -144,11 +146,20 @@ class ReplaySetup:
 
     @property
     def windows(self) -> History:
-        """The trace as the policies may observe it: realised rates per window."""
-        per = round(self.trace.step_s / self.dt)
-        rates = self.arrivals.reshape(-1, per).sum(axis=1) / self.trace.step_s
-        rates = np.where(np.isfinite(self.trace.requests), rates, np.nan)
-        return History(self.trace.name, self.trace.start, self.trace.step_s, rates)
+        """The trace as the predictive policy observes it: realised rates per window.
+
+        Windows are at least `FORECAST_MIN_STEP_S` long, as the service's Prometheus step:
+        nobody forecasts 10-second counts, whose Poisson noise the queue absorbs anyway, and
+        provisioning for the peak quantile of such noise buys headroom for nothing.
+        """
+        step = self.trace.step_s * max(1, math.ceil(FORECAST_MIN_STEP_S / self.trace.step_s))
+        per = round(step / self.dt)
+        n = self.arrivals.shape[0] // per
+        rates = self.arrivals[:n * per].reshape(-1, per).sum(axis=1) / step
+        group = round(step / self.trace.step_s)
+        finite = np.isfinite(self.trace.requests[:n * group]).reshape(-1, group)
+        rates = np.where(finite.all(axis=1), rates, np.nan)
+        return History(self.trace.name, self.trace.start, int(step), rates)
 
 
 def default_fleet(trace: TraceSeries, cold_start_s: float | None,

@@ -47,12 +47,25 @@ from models.decide import (
     decide,
     next_state,
 )
-from models.headroom import HeadroomObservation, HeadroomState, tune_quantile
+from models.headroom import (
+    HeadroomObservation,
+    HeadroomState,
+    QuantileCalibrator,
+    ShortfallModel,
+    tune_quantile,
+)
 from models.optimiser import Allocation, GroupDemand, VariantOption, optimise
 
 log = logging.getLogger("forescale.loop")
 
 DECISION_LOG_SIZE = 500
+#: Headroom calibration (`models.headroom.QuantileCalibrator`): a week of forecast record at
+#: most, a day's worth of windows (at 10-minute steps) before it replaces the feedback tuner,
+#: and the share of the miss budget it keeps in reserve. The replay uses the same values
+#: (`controller.replay_policies.PredictiveSettings`).
+CALIBRATION_MEMORY_S = 7 * 86_400.0
+CALIBRATION_MIN_WINDOWS = 144
+CALIBRATION_MARGIN = 0.4
 #: Decisions per variant kept in the persisted state (the in-memory log keeps more).
 PERSISTED_LOG_SIZE = 50
 
@@ -85,6 +98,10 @@ class VariantRuntime:
     scaling: ScalingState | None = None
     accuracy: AccuracyTracker = field(default_factory=AccuracyTracker)
     headroom: HeadroomState = field(default_factory=HeadroomState)
+    #: Chooses the quantile from the forecast record once it is long enough (see
+    #: `models.headroom.QuantileCalibrator`); made at the first forecast (it needs the step).
+    calibrator: QuantileCalibrator | None = None
+    headroom_reason: str = "feedback tuner: no calibration yet"
     capacity: CapacityEstimate | None = None
     last: DecisionRecord | None = None
     last_decision: Decision | None = None
@@ -415,6 +432,48 @@ class Service:
                 "reactive fallback: forecast worse than the naive baseline recently"
         return DemandForecast(fc.issued_at, fc.step_s, dict(fc.quantiles)), f"model {fc.model}"
 
+    def _calibrator(self, rt: VariantRuntime, fc: Forecast) -> QuantileCalibrator | None:
+        """The variant's calibrator, made for this forecast grid (None with one level)."""
+        levels = tuple(sorted(fc.quantiles))
+        cal = rt.calibrator
+        if cal is not None and cal.levels == levels and cal.model.window_s == fc.step_s:
+            return cal
+        if len(levels) < 2:
+            return None
+        v = rt.config
+        # A shortfall lasts until replicas ordered on it are ready: one forecast step to see
+        # it in the live rate, a reconcile interval, one cold start.
+        exposure = (v.profile.cold_start_s + self.config.schedules.reconcile_interval_s
+                    + fc.step_s)
+        model = ShortfallModel(float(fc.step_s), min(float(fc.step_s), exposure),
+                               max(0.0, v.slo.ttft_p95_s - v.profile.base_ttft_s),
+                               1.0 / v.behaviour.target_utilisation)
+        memory = max(CALIBRATION_MIN_WINDOWS,
+                     min(20_000, math.ceil(CALIBRATION_MEMORY_S / fc.step_s)))
+        rt.calibrator = QuantileCalibrator(levels, model, memory, CALIBRATION_MIN_WINDOWS)
+        return rt.calibrator
+
+    def _tune_headroom(self, rt: VariantRuntime, fc: Forecast, live: LiveSignals,
+                       predicted: float, actual: float) -> None:
+        """Calibrated quantile once the record is long enough, else one feedback step."""
+        target = rt.config.slo.attainment_target
+        cal = rt.calibrator
+        if cal is not None:
+            if live.request_rate is not None and live.ttft_p95_s is not None:
+                # A p95 over the SLO means at least 5% of the interval's requests missed.
+                requests = live.request_rate * self.config.schedules.reconcile_interval_s
+                over = live.ttft_p95_s > rt.config.slo.ttft_p95_s
+                cal.measured(requests, 0.05 * requests if over else 0.0)
+            choice = cal.choose(fc.issued_at, (1.0 - target) * (1.0 - CALIBRATION_MARGIN))
+            if choice is not None:
+                rt.headroom = replace(rt.headroom, quantile=choice.quantile,
+                                      samples=rt.headroom.samples + 1)
+                rt.headroom_reason = "calibrated: " + choice.reason
+                return
+        update = tune_quantile(rt.headroom, HeadroomObservation(predicted, actual), target)
+        rt.headroom = update.state
+        rt.headroom_reason = "feedback tuner: " + update.reason
+
     def _track_accuracy(self, name: str, rt: VariantRuntime, fc: Forecast,
                         live: LiveSignals | None) -> None:
         """Score past forecasts against the load that arrived; tune the headroom from misses."""
@@ -422,7 +481,15 @@ class Service:
         lo, hi = min(fc.quantiles), max(fc.quantiles)
         provisioned = float(fc.at(min(max(q, lo), hi))[0])
         last_actual = live.request_rate if live is not None else None
+        cal = self._calibrator(rt, fc)
+        if cal is not None:
+            # The forecast that orders replicas for the window one cold start ahead.
+            ahead = min(fc.horizon - 1, int(rt.config.profile.cold_start_s // fc.step_s))
+            cal.expect(fc.issued_at + ahead * fc.step_s,
+                       {lv: float(fc.at(lv)[ahead]) for lv in cal.levels}, q)
         if last_actual is not None:
+            if cal is not None:
+                cal.observe(fc.issued_at - fc.step_s, last_actual)
             p50 = float(fc.at(min(max(0.5, lo), hi))[0])
             rt.accuracy.expect(fc.issued_at, p50, provisioned, last_actual)
             # The live rate is the window just completed, which began one step ago.
@@ -430,10 +497,8 @@ class Service:
             if rt.accuracy.observe(fc.issued_at - fc.step_s, last_actual):
                 self.metrics.forecast_miss.labels(name).inc()
             if rt.accuracy.last_scored is not scored and rt.accuracy.last_scored is not None:
-                predicted, actual = rt.accuracy.last_scored
-                update = tune_quantile(rt.headroom, HeadroomObservation(predicted, actual),
-                                       rt.config.slo.attainment_target)
-                rt.headroom = update.state
+                assert live is not None
+                self._tune_headroom(rt, fc, live, *rt.accuracy.last_scored)
         self.metrics.forecast_error.labels(name).set(rt.accuracy.error_ratio)
         self.metrics.fallback_active.labels(name).set(int(rt.accuracy.fallback_active))
         self.metrics.provisioning_quantile.labels(name).set(rt.headroom.quantile)

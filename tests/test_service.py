@@ -237,3 +237,30 @@ def test_variant_groups_get_routing_weights_and_report_unserved_demand() -> None
     weights = a.routing["chat"]
     assert set(weights) <= {"big", "small"} and abs(sum(weights.values()) - 1.0) < 1e-6
     assert a.unserved_rps["chat"] > 0  # 6 GPUs cannot serve ~100 req/s at 10 req/s each
+
+
+def test_headroom_is_calibrated_on_the_forecast_record_after_a_day_of_windows() -> None:
+    """Before the record holds CALIBRATION_MIN_WINDOWS windows the feedback tuner moves the
+    quantile; then the calibrator chooses it, within the forecast's levels, and says why."""
+    from controller.service import CALIBRATION_MIN_WINDOWS
+
+    rng = np.random.default_rng(0)
+    load = daily_load(days=5, level=40.0) * rng.lognormal(0.0, 0.15, 5 * 1440)
+    now = T0 + 3 * 86_400
+    svc = make_service(load, now)
+    svc.retrain()
+    rt = svc.variants["v"]
+    for k in range(CALIBRATION_MIN_WINDOWS + 30):
+        svc.clock_box["now"] = now + k * STEP  # type: ignore[attr-defined]
+        if k == 10:
+            assert rt.headroom_reason.startswith("feedback tuner")
+        svc.reconcile()
+    assert rt.calibrator is not None and len(rt.calibrator) >= CALIBRATION_MIN_WINDOWS
+    assert rt.headroom_reason.startswith("calibrated: estimated miss")
+    assert 0.5 <= rt.headroom.quantile <= max(rt.calibrator.levels)
+    assert metric(svc, "forescale_provisioning_quantile", variant="v") == rt.headroom.quantile
+    from controller.api import _variant_out
+
+    out = _variant_out(svc, "v")  # what /variants shows an operator
+    assert out.provisioning_quantile == rt.headroom.quantile
+    assert out.headroom == rt.headroom_reason
