@@ -163,7 +163,7 @@ class PredictiveSettings:
     slo_target: float = 0.99
     tune_headroom: bool = True
     #: The tuner aims this share of the miss budget below it, so noise stays inside the SLO.
-    attainment_margin: float = 0.4
+    attainment_margin: float = _headroom.CALIBRATION_MARGIN
     #: Tuner period and memory: per-request attainment of each period, smoothed over about
     #: `headroom_memory_s` (a day: the quantile follows the daily cycle's risk, not a burst).
     headroom_every_s: float = 3600.0
@@ -171,8 +171,8 @@ class PredictiveSettings:
     #: Choose the quantile from the forecast record (`models.headroom.QuantileCalibrator`)
     #: once it holds `calibration_min_windows` windows, over at most `calibration_memory_s`.
     calibrate: bool = True
-    calibration_memory_s: float = 7 * 86_400.0
-    calibration_min_windows: int = 144
+    calibration_memory_s: float = _headroom.CALIBRATION_MEMORY_S
+    calibration_min_windows: int = _headroom.CALIBRATION_MIN_WINDOWS
     #: Use the live load to correct the forecast within a long window (see `nowcast`).
     nowcast: bool = True
     #: The simulator's metrics window: the live load is the mean rate over this span.
@@ -233,15 +233,12 @@ class Predictive:
         self._slack_s = fleet.ttft_slo_s - float(fleet.base_ttft(np.array([cap]))[0])
         calibrator = None
         if settings.calibrate:
-            # A shortfall lasts until replicas the overload floor orders are ready: the
-            # metrics window to see it, a decision interval, one cold start.
-            exposure = fleet.cold_start_s + settings.metrics_window_s + decision_interval_s
-            model = _headroom.ShortfallModel(step, min(step, exposure), max(0.0, self._slack_s),
-                                             1.0 / settings.target_utilisation)
-            memory = max(settings.calibration_min_windows,
-                         min(20_000, math.ceil(settings.calibration_memory_s / step)))
-            calibrator = _headroom.QuantileCalibrator(
-                settings.levels, model, memory, settings.calibration_min_windows)
+            # Seeing a shortfall takes the metrics window and a decision interval.
+            calibrator = _headroom.calibrator_for(
+                settings.levels, float(step), fleet.cold_start_s,
+                settings.metrics_window_s + decision_interval_s, self._slack_s,
+                settings.target_utilisation, settings.calibration_memory_s,
+                settings.calibration_min_windows)
         self.headroom = Headroom(settings.provisioning_quantile,
                                  settings.slo_target + settings.attainment_margin * budget,
                                  settings.tune_headroom, settings.headroom_every_s,

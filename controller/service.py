@@ -48,10 +48,11 @@ from models.decide import (
     next_state,
 )
 from models.headroom import (
+    CALIBRATION_MARGIN,
     HeadroomObservation,
     HeadroomState,
     QuantileCalibrator,
-    ShortfallModel,
+    calibrator_for,
     tune_quantile,
 )
 from models.optimiser import Allocation, GroupDemand, VariantOption, optimise
@@ -59,13 +60,6 @@ from models.optimiser import Allocation, GroupDemand, VariantOption, optimise
 log = logging.getLogger("forescale.loop")
 
 DECISION_LOG_SIZE = 500
-#: Headroom calibration (`models.headroom.QuantileCalibrator`): a week of forecast record at
-#: most, a day's worth of windows (at 10-minute steps) before it replaces the feedback tuner,
-#: and the share of the miss budget it keeps in reserve. The replay uses the same values
-#: (`controller.replay_policies.PredictiveSettings`).
-CALIBRATION_MEMORY_S = 7 * 86_400.0
-CALIBRATION_MIN_WINDOWS = 144
-CALIBRATION_MARGIN = 0.4
 #: Decisions per variant kept in the persisted state (the in-memory log keeps more).
 PERSISTED_LOG_SIZE = 50
 
@@ -441,16 +435,11 @@ class Service:
         if len(levels) < 2:
             return None
         v = rt.config
-        # A shortfall lasts until replicas ordered on it are ready: one forecast step to see
-        # it in the live rate, a reconcile interval, one cold start.
-        exposure = (v.profile.cold_start_s + self.config.schedules.reconcile_interval_s
-                    + fc.step_s)
-        model = ShortfallModel(float(fc.step_s), min(float(fc.step_s), exposure),
-                               max(0.0, v.slo.ttft_p95_s - v.profile.base_ttft_s),
-                               1.0 / v.behaviour.target_utilisation)
-        memory = max(CALIBRATION_MIN_WINDOWS,
-                     min(20_000, math.ceil(CALIBRATION_MEMORY_S / fc.step_s)))
-        rt.calibrator = QuantileCalibrator(levels, model, memory, CALIBRATION_MIN_WINDOWS)
+        # Seeing a shortfall takes one forecast step in the live rate and a reconcile.
+        rt.calibrator = calibrator_for(
+            levels, float(fc.step_s), v.profile.cold_start_s,
+            self.config.schedules.reconcile_interval_s + fc.step_s,
+            v.slo.ttft_p95_s - v.profile.base_ttft_s, v.behaviour.target_utilisation)
         return rt.calibrator
 
     def _tune_headroom(self, rt: VariantRuntime, fc: Forecast, live: LiveSignals,

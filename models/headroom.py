@@ -141,6 +141,14 @@ def tune_quantile(state: HeadroomState, obs: HeadroomObservation, attainment_tar
 # quantiles chosen the same way overfitted a week of record and broke the SLO: one quantile.
 
 
+#: Defaults the service and the replay share: a week of forecast record at most, a day's
+#: worth of windows (at 10-minute steps) before calibration replaces the feedback tuner, and
+#: the share of the miss budget kept in reserve against estimation error.
+CALIBRATION_MEMORY_S = 7 * 86_400.0
+CALIBRATION_MIN_WINDOWS = 144
+CALIBRATION_MARGIN = 0.4
+
+
 @dataclass(frozen=True)
 class ShortfallModel:
     """How a shortfall of provisioned capacity turns into requests over the TTFT SLO.
@@ -300,3 +308,15 @@ class QuantileCalibrator:
                            f"estimated miss {est:.2%} {word} target {target_miss:.2%} at "
                            f"quantile {chosen:.3f} over {n} windows (correction "
                            f"{correction:.2f})")
+
+
+def calibrator_for(levels: tuple[float, ...], window_s: float, cold_start_s: float,
+                   detection_s: float, slack_s: float, target_utilisation: float,
+                   memory_s: float = CALIBRATION_MEMORY_S,
+                   min_windows: int = CALIBRATION_MIN_WINDOWS) -> QuantileCalibrator:
+    """A calibrator for one variant: a shortfall lasts a cold start plus the time to see it
+    (`detection_s`: metrics window and decision interval), at most one window."""
+    model = ShortfallModel(window_s, min(window_s, cold_start_s + detection_s),
+                           max(0.0, slack_s), 1.0 / target_utilisation)
+    memory = max(min_windows, min(20_000, math.ceil(memory_s / window_s)))
+    return QuantileCalibrator(levels, model, memory, min_windows)

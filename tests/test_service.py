@@ -242,7 +242,7 @@ def test_variant_groups_get_routing_weights_and_report_unserved_demand() -> None
 def test_headroom_is_calibrated_on_the_forecast_record_after_a_day_of_windows() -> None:
     """Before the record holds CALIBRATION_MIN_WINDOWS windows the feedback tuner moves the
     quantile; then the calibrator chooses it, within the forecast's levels, and says why."""
-    from controller.service import CALIBRATION_MIN_WINDOWS
+    from models.headroom import CALIBRATION_MIN_WINDOWS
 
     rng = np.random.default_rng(0)
     load = daily_load(days=5, level=40.0) * rng.lognormal(0.0, 0.15, 5 * 1440)
