@@ -152,11 +152,11 @@ class ReplaySetup:
         nobody forecasts 10-second counts, whose Poisson noise the queue absorbs anyway, and
         provisioning for the peak quantile of such noise buys headroom for nothing.
         """
-        step = self.trace.step_s * max(1, math.ceil(FORECAST_MIN_STEP_S / self.trace.step_s))
+        group = max(1, math.ceil(FORECAST_MIN_STEP_S / self.trace.step_s))
+        step = self.trace.step_s * group
         per = round(step / self.dt)
         n = self.arrivals.shape[0] // per
         rates = self.arrivals[:n * per].reshape(-1, per).sum(axis=1) / step
-        group = round(step / self.trace.step_s)
         finite = np.isfinite(self.trace.requests[:n * group]).reshape(-1, group)
         rates = np.where(finite.all(axis=1), rates, np.nan)
         return History(self.trace.name, self.trace.start, int(step), rates)

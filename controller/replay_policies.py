@@ -25,13 +25,20 @@ import numpy as np
 from controller.replay_forecast import PastOnlyForecaster
 from controller.replay_sim import Fleet, Observation
 from forecaster.base import FloatArray, History
-from models import headroom as _headroom
 from models.decide import DemandForecast, ScalingPolicy, ScalingState, decide, next_state
-from models.headroom import QuantileCalibrator
+from models.headroom import (
+    CALIBRATION_MARGIN,
+    CALIBRATION_MEMORY_S,
+    CALIBRATION_MIN_WINDOWS,
+    HeadroomConfig,
+    HeadroomObservation,
+    HeadroomState,
+    QuantileCalibrator,
+    calibrator_for,
+    tune_quantile,
+)
 
 _BIG = 1_000_000
-
-
 
 
 @dataclass(frozen=True)
@@ -163,7 +170,7 @@ class PredictiveSettings:
     slo_target: float = 0.99
     tune_headroom: bool = True
     #: The tuner aims this share of the miss budget below it, so noise stays inside the SLO.
-    attainment_margin: float = _headroom.CALIBRATION_MARGIN
+    attainment_margin: float = CALIBRATION_MARGIN
     #: Tuner period and memory: per-request attainment of each period, smoothed over about
     #: `headroom_memory_s` (a day: the quantile follows the daily cycle's risk, not a burst).
     headroom_every_s: float = 3600.0
@@ -171,8 +178,8 @@ class PredictiveSettings:
     #: Choose the quantile from the forecast record (`models.headroom.QuantileCalibrator`)
     #: once it holds `calibration_min_windows` windows, over at most `calibration_memory_s`.
     calibrate: bool = True
-    calibration_memory_s: float = _headroom.CALIBRATION_MEMORY_S
-    calibration_min_windows: int = _headroom.CALIBRATION_MIN_WINDOWS
+    calibration_memory_s: float = CALIBRATION_MEMORY_S
+    calibration_min_windows: int = CALIBRATION_MIN_WINDOWS
     #: Use the live load to correct the forecast within a long window (see `nowcast`).
     nowcast: bool = True
     #: The simulator's metrics window: the live load is the mean rate over this span.
@@ -234,7 +241,7 @@ class Predictive:
         calibrator = None
         if settings.calibrate:
             # Seeing a shortfall takes the metrics window and a decision interval.
-            calibrator = _headroom.calibrator_for(
+            calibrator = calibrator_for(
                 settings.levels, float(step), fleet.cold_start_s,
                 settings.metrics_window_s + decision_interval_s, self._slack_s,
                 settings.target_utilisation, settings.calibration_memory_s,
@@ -338,9 +345,9 @@ class Headroom:
         self.calibrated = 0
         self.enabled = enabled
         self.every_s = every_s
-        self._state = _headroom.HeadroomState(quantile=quantile)
+        self._state = HeadroomState(quantile=quantile)
         alpha = min(1.0, every_s / memory_s)
-        self._config = _headroom.HeadroomConfig(
+        self._config = HeadroomConfig(
             alpha=alpha, gain_up=0.3 * alpha * 24, gain_down=0.02 * alpha * 24,
             max_step=0.5, dead_band=0.25)
         self._period_end: float | None = None
@@ -353,7 +360,7 @@ class Headroom:
         if self._period_end is None:
             self._period_end = now + self.every_s
         if now >= self._period_end:
-            self._tune()
+            self._tune(self._period_end)
             self._period_end = now + self.every_s
         if math.isfinite(requests) and requests > 0:
             self._total += requests
@@ -361,13 +368,13 @@ class Headroom:
             if self.calibrator is not None:
                 self.calibrator.measured(requests, requests if missed else 0.0)
 
-    def _tune(self) -> None:
+    def _tune(self, period_end: float) -> None:
         total, missed = self._total, self._missed
         self._total = self._missed = 0.0
         if not self.enabled or total <= 0:
             return
-        if self.calibrator is not None and self._period_end is not None:
-            choice = self.calibrator.choose(self._period_end, 1.0 - self.attainment_target)
+        if self.calibrator is not None:
+            choice = self.calibrator.choose(period_end, 1.0 - self.attainment_target)
             if choice is not None:
                 # The feedback state follows, so it resumes from here if the record thins.
                 self.quantile = choice.quantile
@@ -375,8 +382,8 @@ class Headroom:
                 self.calibrated += 1
                 self.trail.append(self.quantile)
                 return
-        obs = _headroom.HeadroomObservation(math.nan, math.nan, 1.0 - missed / total)
-        upd = _headroom.tune_quantile(self._state, obs, self.attainment_target, self._config)
+        obs = HeadroomObservation(math.nan, math.nan, 1.0 - missed / total)
+        upd = tune_quantile(self._state, obs, self.attainment_target, self._config)
         self._state, self.quantile = upd.state, upd.quantile
         self.trail.append(self.quantile)
 
