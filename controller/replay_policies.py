@@ -35,6 +35,7 @@ from models.headroom import (
     HeadroomState,
     QuantileCalibrator,
     calibrator_for,
+    shortfall_model,
     tune_quantile,
 )
 
@@ -241,11 +242,11 @@ class Predictive:
         calibrator = None
         if settings.calibrate:
             # Seeing a shortfall takes the metrics window and a decision interval.
-            calibrator = calibrator_for(
-                settings.levels, float(step), fleet.cold_start_s,
-                settings.metrics_window_s + decision_interval_s, self._slack_s,
-                settings.target_utilisation, settings.calibration_memory_s,
-                settings.calibration_min_windows)
+            model = shortfall_model(float(step), fleet.cold_start_s,
+                                    settings.metrics_window_s + decision_interval_s,
+                                    self._slack_s, settings.target_utilisation)
+            calibrator = calibrator_for(settings.levels, model, settings.calibration_memory_s,
+                                        settings.calibration_min_windows)
         self.headroom = Headroom(settings.provisioning_quantile,
                                  settings.slo_target + settings.attainment_margin * budget,
                                  settings.tune_headroom, settings.headroom_every_s,

@@ -53,6 +53,7 @@ from models.headroom import (
     HeadroomState,
     QuantileCalibrator,
     calibrator_for,
+    shortfall_model,
     tune_quantile,
 )
 from models.optimiser import Allocation, GroupDemand, VariantOption, optimise
@@ -427,20 +428,24 @@ class Service:
         return DemandForecast(fc.issued_at, fc.step_s, dict(fc.quantiles)), f"model {fc.model}"
 
     def _calibrator(self, rt: VariantRuntime, fc: Forecast) -> QuantileCalibrator | None:
-        """The variant's calibrator, made for this forecast grid (None with one level)."""
+        """The variant's calibrator for this forecast grid and config (None with one level).
+
+        Rebuilt, record and all, when anything it derives from changes (levels, step, cold
+        start, reconcile interval, SLO slack, utilisation target), as after a config reload.
+        """
         levels = tuple(sorted(fc.quantiles))
-        cal = rt.calibrator
-        if cal is not None and cal.levels == levels and cal.model.window_s == fc.step_s:
-            return cal
         if len(levels) < 2:
             return None
         v = rt.config
         # Seeing a shortfall takes one forecast step in the live rate and a reconcile.
-        rt.calibrator = calibrator_for(
-            levels, float(fc.step_s), v.profile.cold_start_s,
-            self.config.schedules.reconcile_interval_s + fc.step_s,
-            v.slo.ttft_p95_s - v.profile.base_ttft_s, v.behaviour.target_utilisation)
-        return rt.calibrator
+        model = shortfall_model(float(fc.step_s), v.profile.cold_start_s,
+                                self.config.schedules.reconcile_interval_s + fc.step_s,
+                                v.slo.ttft_p95_s - v.profile.base_ttft_s,
+                                v.behaviour.target_utilisation)
+        cal = rt.calibrator
+        if cal is None or cal.levels != levels or cal.model != model:
+            rt.calibrator = cal = calibrator_for(levels, model)
+        return cal
 
     def _tune_headroom(self, rt: VariantRuntime, fc: Forecast, live: LiveSignals,
                        predicted: float, actual: float) -> None:

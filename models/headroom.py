@@ -310,13 +310,17 @@ class QuantileCalibrator:
                            f"{correction:.2f})")
 
 
-def calibrator_for(levels: tuple[float, ...], window_s: float, cold_start_s: float,
-                   detection_s: float, slack_s: float, target_utilisation: float,
+def shortfall_model(window_s: float, cold_start_s: float, detection_s: float, slack_s: float,
+                    target_utilisation: float) -> ShortfallModel:
+    """A variant's shortfall model: a shortfall lasts a cold start plus the time to see it
+    (`detection_s`: metrics window and decision interval), at most one window."""
+    return ShortfallModel(window_s, min(window_s, cold_start_s + detection_s),
+                          max(0.0, slack_s), 1.0 / target_utilisation)
+
+
+def calibrator_for(levels: tuple[float, ...], model: ShortfallModel,
                    memory_s: float = CALIBRATION_MEMORY_S,
                    min_windows: int = CALIBRATION_MIN_WINDOWS) -> QuantileCalibrator:
-    """A calibrator for one variant: a shortfall lasts a cold start plus the time to see it
-    (`detection_s`: metrics window and decision interval), at most one window."""
-    model = ShortfallModel(window_s, min(window_s, cold_start_s + detection_s),
-                           max(0.0, slack_s), 1.0 / target_utilisation)
-    memory = max(min_windows, min(20_000, math.ceil(memory_s / window_s)))
+    """A calibrator over `memory_s` of `model.window_s` windows (at most 20,000)."""
+    memory = max(min_windows, min(20_000, math.ceil(memory_s / model.window_s)))
     return QuantileCalibrator(levels, model, memory, min_windows)

@@ -264,3 +264,30 @@ def test_headroom_is_calibrated_on_the_forecast_record_after_a_day_of_windows() 
     out = _variant_out(svc, "v")  # what /variants shows an operator
     assert out.provisioning_quantile == rt.headroom.quantile
     assert out.headroom == rt.headroom_reason
+
+
+def test_config_reload_rebuilds_a_calibrator_built_on_the_old_settings() -> None:
+    """The calibrator's shortfall model derives from the variant's config; after a reload
+    that changes it (here the utilisation target) it must not keep judging misses by the
+    old one."""
+    svc = make_service(daily_load(), T0 + 3 * 86_400)
+    svc.retrain()
+    svc.reconcile()
+    rt = svc.variants["v"]
+    before = rt.calibrator
+    assert before is not None and before.model.capacity_factor == pytest.approx(1 / 0.85)
+    svc.reconcile()
+    assert rt.calibrator is before  # unchanged config: the record is kept
+    changed = parse_config({
+        "prometheus": {"step_s": STEP, "history_days": 3},
+        "schedules": {"reconcile_interval_s": 30},
+        "forecast": {"horizon_s": 900},
+        "variants": [{"name": "v", "deployment": {"namespace": "llm", "name": "v"},
+                      "profile": {"capacity_rps": 10.0, "cold_start_s": 120},
+                      "behaviour": {"target_utilisation": 0.7},
+                      "min_replicas": 1, "max_replicas": 40}],
+    })
+    svc.apply_config(changed)
+    svc.reconcile()
+    assert rt.calibrator is not None and rt.calibrator is not before
+    assert rt.calibrator.model.capacity_factor == pytest.approx(1 / 0.7)
