@@ -6,16 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import REPO, SHARED_DATA
 from tests.support.net import free_port
 
 __all__ = ["REPO", "SHARED_DATA", "free_port"]
 
 pytest_plugins = ["tests.support.prom", "tests.support.k8s_emulator"]
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-
-
 
 
 @pytest.fixture

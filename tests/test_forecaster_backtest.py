@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 from rich.console import Console
 
 from forecaster.backtest import default_horizon, render_table, run_backtest
+from tests.support import SHARED_DATA
 
-DATA = Path(__file__).parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 ROW_KEYS = {"name", "model", "mae", "mae_naive", "mae_seasonal_daily", "mae_seasonal_weekly",
             "ratio_vs_best_baseline", "pinball_p90", "pinball_p90_baseline", "coverage_p90",
             "fit_seconds", "predict_seconds"}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +18,9 @@ from forecaster.calibrated import NaivePoint, PointForecaster
 from forecaster.models_lgbm import LGBMForecaster, fit_many
 from forecaster.models_stats import LevelBlend, SeasonalHolt
 from forecaster.trace import read_trace
+from tests.support import SHARED_DATA
 
-DATA = Path(__file__).parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 
 
 @cache

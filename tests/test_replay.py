@@ -33,7 +33,7 @@ from controller.replay_sim import Fleet, Observation, simulate
 from forecaster.base import History
 from forecaster.trace import TraceSeries, read_trace
 from models.decide import DemandForecast
-from tests.conftest import SHARED_DATA
+from tests.support import SHARED_DATA
 
 DATA = SHARED_DATA
 SERVEGEN = DATA / "servegen_per_10min.csv.gz"

@@ -51,6 +51,7 @@ import yaml
 from scipy.special import ndtr
 
 from forecaster.trace import TraceSeries, read_trace
+from tests.support import SHARED_DATA
 from tests.support.net import free_port
 
 FloatArray = npt.NDArray[np.float64]
@@ -59,8 +60,7 @@ FloatArray = npt.NDArray[np.float64]
 END_TIME = 1_735_689_600
 #: Bump when the block layout changes in a way the source hash would not catch.
 FORMAT_VERSION = 1
-DATA_DIR = Path(os.environ.get("FORESCALE_TEST_DATA",
-                               Path(__file__).resolve().parents[3] / "shared" / "data"))
+DATA_DIR = Path(os.environ.get("FORESCALE_TEST_DATA", SHARED_DATA))
 TRACE_FILES = ("servegen_per_10min.csv.gz", "azure_llm_2023_per_10s.csv", "mooncake_per_10s.csv")
 NAMESPACE = "llm"
 #: vLLM's `max_num_seqs` default: the ceiling of `vllm:num_requests_running` per replica.
