@@ -28,7 +28,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from forecaster.backtest import default_horizon, render_table, run_backtest
+from forecaster.backtest import backtest_origins, default_horizon, render_table, run_backtest
 from forecaster.base import History
 from forecaster.engine import fallback_count, train_all
 from forecaster.trace import read_trace
@@ -132,10 +132,10 @@ def linear_bound(data: Path) -> Table:
             n = y.shape[0]
             horizon = default_horizon(series.step_s)
             day, week = round(86_400 / series.step_s), round(7 * 86_400 / series.step_s)
-            seasonal = n - round(n * 0.2) - 1 > week + 1  # a week before the first origin
-            first = max(n - round(n * 0.2) - 1, 11, week + 1 if seasonal else 0)
+            origins = backtest_origins(n, horizon)  # the backtest's own origins
+            seasonal = origins.size > 0 and int(origins[0]) > week + 1
             rows, target, naive = [], [], []
-            for o in range(first, n - horizon):
+            for o in origins[origins >= (week + 1 if seasonal else 11)].tolist():
                 for h in range(1, horizon + 1):
                     f = [1.0, *y[o - 11:o + 1][::-1]]
                     if seasonal:
@@ -147,16 +147,16 @@ def linear_bound(data: Path) -> Table:
             x, z, nv = np.array(rows), np.array(target), np.array(naive)
             ok = np.isfinite(x).all(axis=1) & np.isfinite(z) & np.isfinite(nv)
             x, z, nv = x[ok], z[ok], nv[ok]
-            origins = z.shape[0] // horizon
-            if origins < 10 * x.shape[1]:
-                table.add_row(name, str(origins), str(x.shape[1]), "skipped: too few origins")
+            used = z.shape[0] // horizon
+            if used < 10 * x.shape[1]:
+                table.add_row(name, str(used), str(x.shape[1]), "skipped: too few origins")
                 continue
             beta = np.linalg.lstsq(x, z, rcond=None)[0]
             for _ in range(30):  # iteratively reweighted least squares -> L1 fit
                 w = np.sqrt(1.0 / np.maximum(np.abs(z - x @ beta), 1e-6))
                 beta = np.linalg.lstsq(x * w[:, None], z * w, rcond=None)[0]
             ratio = float(np.mean(np.abs(z - x @ beta)) / np.mean(np.abs(z - nv)))
-            table.add_row(name, str(origins), str(x.shape[1]), f"{ratio:.3f}")
+            table.add_row(name, str(used), str(x.shape[1]), f"{ratio:.3f}")
     return table
 
 

@@ -46,7 +46,9 @@ def default_horizon(step_s: int) -> int:
     return int(min(30, max(1, round(1800 / step_s))))
 
 
-def _origins(n: int, horizon: int) -> np.ndarray[tuple[int], np.dtype[np.int64]]:
+def backtest_origins(n: int, horizon: int) -> np.ndarray[tuple[int], np.dtype[np.int64]]:
+    """The origins scored: every step of the last `EVAL_FRACTION` of `n` that has `horizon`
+    steps after it."""
     first = n - max(1, round(n * EVAL_FRACTION)) - 1
     return np.arange(max(first, 1), n - horizon, dtype=np.int64)
 
@@ -70,7 +72,7 @@ def _none_if_nan(v: float | None) -> float | None:
 def backtest_series(history: History, horizon: int) -> dict[str, Any]:
     """Backtest one series; returns one row of the `run_backtest` JSON."""
     y = history.values
-    origins = _origins(len(history), horizon)
+    origins = backtest_origins(len(history), horizon)
     if origins.shape[0] == 0:
         raise ValueError(f"{history.variant}: too short to backtest at horizon {horizon}")
     every = max(steps_per(3600, history.step_s), math.ceil(origins.shape[0] / MAX_RETRAINS))
