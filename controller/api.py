@@ -229,9 +229,10 @@ def _plan(service: Service) -> PlanResponse:
             continue
         cost = None if last.desired is None else \
             last.desired * rt.config.profile.cost_per_replica_hour
-        unserved = 0.0
-        if last.demand is not None and last.desired is not None and d is not None:
-            unserved = max(0.0, last.demand - last.desired * d.capacity_per_replica)
+        # The record and its decision agree on demand and replicas; a record with neither
+        # (the variant held on an error) has nothing unserved to show.
+        unserved = d.unserved_rps if d is not None and last.demand is not None \
+            and last.desired is not None else 0.0
         items.append(PlanItem(
             variant=name, ts=_iso(last.ts) or "", outcome=last.outcome, current=last.current,
             desired=last.desired, predictive=last.predictive, reactive=last.reactive,

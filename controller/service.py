@@ -587,9 +587,7 @@ class Service:
         m.record_reasons(name, d.reason_codes())
         m.cost_per_hour.labels(name).set(d.cost_per_hour)
         m.gpus.labels(name, v.profile.gpu_type).set(d.replicas * v.profile.gpus_per_replica)
-        cap_total = d.replicas * d.capacity_per_replica
-        unserved = max(0.0, d.demand - cap_total) if math.isfinite(d.demand) else 0.0
-        m.unserved.labels(name).set(unserved)
+        m.unserved.labels(name).set(d.unserved_rps)
 
     def _record(self, rt: VariantRuntime, now: float, outcome: str, mode: str,
                 current: int | None, desired: int | None, predictive: int | None,

@@ -145,6 +145,13 @@ class Decision:
     def changed(self) -> bool:
         return self.replicas != self.current
 
+    @property
+    def unserved_rps(self) -> float:
+        """Demand beyond what `replicas` serve at the SLO (0 when demand is unknown)."""
+        if not math.isfinite(self.demand):
+            return 0.0
+        return max(0.0, self.demand - self.replicas * self.capacity_per_replica)
+
     def reason_codes(self) -> tuple[str, ...]:
         return tuple(r.code for r in self.reasons)
 

@@ -225,6 +225,16 @@ def test_gpu_quota_caps_scale_up_and_says_so() -> None:
     gpus = big.desired * 2 + small.desired  # type: ignore[operator]
     assert gpus <= 12
     assert "AtGpuQuota" in {r["code"] for r in small.reasons}
+    # Demand the quota leaves unserved: the same figure on /metrics and in /plan.
+    from controller.api import _plan
+
+    decision = svc.variants["small"].last_decision
+    assert decision is not None and small.demand is not None and small.desired is not None
+    assert decision.unserved_rps == pytest.approx(
+        max(0.0, small.demand - small.desired * decision.capacity_per_replica))
+    planned = {i.variant: i.unserved_rps for i in _plan(svc).variants}
+    for name in ("big", "small"):
+        assert planned[name] == metric(svc, "forescale_unserved_demand", variant=name)
 
 
 def test_variant_groups_get_routing_weights_and_report_unserved_demand() -> None:
