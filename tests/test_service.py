@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from controller.actuators import DryRunTarget
-from controller.config import parse_config
+from controller.config import Config, parse_config
 from controller.metrics import ForescaleMetrics
 from controller.protocols import LiveSignals, PermanentError, TemporaryError
 from controller.service import Service
@@ -52,9 +52,9 @@ class ArraySource:
         return LiveSignals(ts=now, request_rate=float(self.load[i]))
 
 
-def make_service(load: np.ndarray, now: float, replicas: int = 5,
-                 store: FileStateStore | None = None, **variant: Any) -> Service:
-    cfg = parse_config({
+def service_config(**variant: Any) -> Config:
+    """The one-variant config the tests run, with `variant` fields added or replaced."""
+    return parse_config({
         "prometheus": {"step_s": STEP, "history_days": 3},
         "schedules": {"reconcile_interval_s": 30},
         "forecast": {"horizon_s": 900},
@@ -62,6 +62,11 @@ def make_service(load: np.ndarray, now: float, replicas: int = 5,
                       "profile": {"capacity_rps": 10.0, "cold_start_s": 120},
                       "min_replicas": 1, "max_replicas": 40, **variant}],
     })
+
+
+def make_service(load: np.ndarray, now: float, replicas: int = 5,
+                 store: FileStateStore | None = None, **variant: Any) -> Service:
+    cfg = service_config(**variant)
     clock = {"now": now}
     svc = Service(cfg, ArraySource(load), {"v": DryRunTarget({"v": replicas})},
                   clock=lambda: clock["now"], metrics=ForescaleMetrics(), state_store=store)
@@ -288,16 +293,7 @@ def test_config_reload_rebuilds_a_calibrator_built_on_the_old_settings() -> None
     assert before is not None and before.model.capacity_factor == pytest.approx(1 / 0.85)
     svc.reconcile()
     assert rt.calibrator is before  # unchanged config: the record is kept
-    changed = parse_config({
-        "prometheus": {"step_s": STEP, "history_days": 3},
-        "schedules": {"reconcile_interval_s": 30},
-        "forecast": {"horizon_s": 900},
-        "variants": [{"name": "v", "deployment": {"namespace": "llm", "name": "v"},
-                      "profile": {"capacity_rps": 10.0, "cold_start_s": 120},
-                      "behaviour": {"target_utilisation": 0.7},
-                      "min_replicas": 1, "max_replicas": 40}],
-    })
-    svc.apply_config(changed)
+    svc.apply_config(service_config(behaviour={"target_utilisation": 0.7}))
     svc.reconcile()
     assert rt.calibrator is not None and rt.calibrator is not before
     assert rt.calibrator.model.capacity_factor == pytest.approx(1 / 0.7)
