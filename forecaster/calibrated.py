@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Self
 
 import numpy as np
+import numpy.typing as npt
 
 from forecaster.base import (
     FloatArray,
@@ -31,7 +32,14 @@ from forecaster.base import (
     check_quantiles,
     monotone_quantiles,
 )
-from forecaster.prep import DEFAULT_MAX_GAP, fill_short_gaps, merge_tail, trailing_scale
+from forecaster.prep import (
+    DEFAULT_MAX_GAP,
+    fill_short_gaps,
+    merge_tail,
+    scale_and_idle,
+    scale_floor,
+    trailing_scale,
+)
 
 IntArray = np.ndarray[tuple[int], np.dtype[np.int64]]
 
@@ -120,11 +128,30 @@ class Holdout:
     paths: FloatArray
     scale: FloatArray  # (n, 1) trailing load scale at each origin
     n_cal: int  # the first n_cal rows calibrate, the rest score (the same origins for all)
+    #: (n, 1) True where the origin was idle (scale on its floor): no relative error there.
+    idle: npt.NDArray[np.bool_] | None = None
 
     def tail(self, rows: int, n_score: int) -> Holdout:
         """The last `rows` rows, of which the last `n_score` score."""
         return Holdout(self.origins[-rows:], self.actual[-rows:], self.paths[-rows:],
-                       self.scale[-rows:], rows - n_score)
+                       self.scale[-rows:], rows - n_score,
+                       None if self.idle is None else self.idle[-rows:])
+
+    def errors(self, scaled: bool) -> FloatArray:
+        """Errors (over the load scale when `scaled`), NaN from idle origins.
+
+        A forecast issued while the series is idle (scale on its floor, see
+        `prep.scale_and_idle`) meets either more idle or the load coming back from an
+        outage: a jump no forecast sees coming, and as a relative error 20x the load. Kept
+        in the calibration, one recovery would set the upper quantiles of every forecast
+        for weeks; the reactive path is what catches it.
+        """
+        err = self.actual - self.paths
+        if scaled:
+            err = err / self.scale
+        if self.idle is not None:
+            err = np.where(self.idle, np.nan, err)
+        return np.asarray(err, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -188,6 +215,8 @@ class PointForecaster(ABC):
         self._cal = _Calibration()
         self._level_shift = 0.0
         self._y: FloatArray | None = None
+        #: Lower bound of the load scale, from the whole fit history (see `trailing_scale`).
+        self._scale_floor = 0.0
         self._start = 0.0
         self._step_s = 1
         self.scores: HoldoutScores | None = None
@@ -237,8 +266,10 @@ class PointForecaster(ABC):
         if not np.isfinite(paths).any():
             raise ValueError(f"{self.name}: model produced no finite forecast on the holdout")
         actual = future_matrix(y, origins, self.horizon)
-        scale = trailing_scale(y)[origins][:, None]
-        self.calibrate(Holdout(origins, actual, paths, scale, n_cal))
+        scale, idle = scale_and_idle(y)
+        self.calibrate(Holdout(origins, actual, paths, scale[origins][:, None], n_cal,
+                               idle[origins][:, None]))
+        self._scale_floor = scale_floor(y)
         self._y = y[-self.lookback():].copy()
         self._start = history.start + (n - self._y.shape[0]) * history.step_s
         self.trained_from, self.trained_to = history.start, history.end
@@ -256,17 +287,17 @@ class PointForecaster(ABC):
         cut = hold.n_cal
         err = hold.actual - hold.paths
         tried: dict[bool, tuple[FloatArray, FloatArray]] = {}
+        rel = {False: hold.errors(False), True: hold.errors(True)}
         for scaled in (False, True):
             unit = hold.scale if scaled else np.ones_like(hold.scale)
-            offs = _nanquantile_cols((err / unit)[max(0, cut - MAX_CAL_ORIGINS):cut], q)
+            offs = _nanquantile_cols(rel[scaled][max(0, cut - MAX_CAL_ORIGINS):cut], q)
             upper = hold.paths[cut:] + unit[cut:] * offs[None, :]
             diff = hold.actual[cut:] - upper
             tried[scaled] = (upper, _row_nanmean(np.maximum(q * diff, (q - 1.0) * diff)))
         scaled = dm_upper(tried[True][1] - tried[False][1], self.horizon - 1) < 0.0
         upper = tried[scaled][0]
         actual = hold.actual[cut:]
-        unit = hold.scale if scaled else np.ones_like(hold.scale)
-        self._cal = _Calibration((err / unit)[-MAX_CAL_ORIGINS:], scaled)
+        self._cal = _Calibration(rel[scaled][-MAX_CAL_ORIGINS:], scaled)
         diff = actual - upper
         pin = _row_nanmean(np.maximum(q * diff, (q - 1.0) * diff))
         abs_err = _row_nanmean(np.abs(actual - hold.paths[cut:]))
@@ -313,8 +344,10 @@ class PointForecaster(ABC):
         origins = np.arange(lo, hi, dtype=np.int64)
         err = future_matrix(y, origins, h) - self._paths(y, self._start, self._step_s,
                                                         origins, h)
+        scale, idle = scale_and_idle(y, floor=self._scale_floor)
         if self._cal.scaled:
-            err = err / trailing_scale(y)[origins][:, None]
+            err = err / scale[origins][:, None]
+        err = np.where(idle[origins][:, None], np.nan, err)
         self._adapt_level(err)
         self._cal.add(np.asarray(err, dtype=np.float64))
 
@@ -352,7 +385,7 @@ class PointForecaster(ABC):
         if not np.isfinite(point).all():
             last = self._y[np.isfinite(self._y)]
             point = np.where(np.isfinite(point), point, last[-1] if last.size else np.nan)
-        scale = current_scale(self._y) if self._cal.scaled else 1.0
+        scale = current_scale(self._y, self._scale_floor) if self._cal.scaled else 1.0
         lead = np.minimum(np.arange(h), self._cal.errors.shape[1] - 1)
         out: dict[float, FloatArray] = {}
         for q in qs:
@@ -382,9 +415,9 @@ def dm_upper(d: FloatArray, lag: int, z: float = 1.0) -> float:
     return float(d.mean()) + z * math.sqrt(var / n)
 
 
-def current_scale(y: FloatArray) -> float:
+def current_scale(y: FloatArray, floor: float = 0.0) -> float:
     """`trailing_scale` at the newest sample, computed from the tail only (fast)."""
-    return float(trailing_scale(y[-64:])[-1])
+    return float(trailing_scale(y[-64:], floor=floor)[-1])
 
 
 def _nanquantile_cols(rel: FloatArray, q: float) -> FloatArray:

@@ -37,10 +37,11 @@ class Combination(PointForecaster):
         tails = [h.tail(rows, n_score) for h in holds_ok]
         paths = np.mean(np.stack([t.paths for t in tails]), axis=0)
         t0 = tails[0]
-        self.calibrate(Holdout(t0.origins, t0.actual, paths, t0.scale, t0.n_cal))
+        self.calibrate(Holdout(t0.origins, t0.actual, paths, t0.scale, t0.n_cal, t0.idle))
         donor = max(self.members, key=lambda m: 0 if m._y is None else m._y.shape[0])
         assert donor._y is not None
         self._y, self._start, self._step_s = donor._y.copy(), donor._start, donor._step_s
+        self._scale_floor = max(m._scale_floor for m in self.members)
         self.trained_from, self.trained_to = first.trained_from, first.trained_to
 
     def release(self) -> None:

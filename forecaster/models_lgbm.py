@@ -44,7 +44,7 @@ def train_leads(horizon: int) -> IntArray:
 
 
 def build_features(y: FloatArray, start: float, step_s: int, origins: IntArray,
-                   leads: IntArray) -> FloatArray:
+                   leads: IntArray, floor: float = 0.0) -> FloatArray:
     """Feature rows for every (origin, lead) pair, origin-major; no sample after `o` is read.
 
     Columns: lead; LAGS lags; trailing means over ROLL_WINDOWS; trailing std; value one day
@@ -53,7 +53,7 @@ def build_features(y: FloatArray, start: float, step_s: int, origins: IntArray,
     All load columns are relative to the trailing scale at the origin.
     """
     n = y.shape[0]
-    scale = trailing_scale(y)
+    scale = trailing_scale(y, floor=floor)
     s = pd.Series(y)
     n_o, n_l = origins.shape[0], leads.shape[0]
     cols: list[FloatArray] = []
@@ -154,9 +154,9 @@ class LGBMForecaster(PointForecaster):
     def _paths(self, y: FloatArray, start: float, step_s: int, origins: IntArray,
                horizon: int) -> FloatArray:
         leads = np.arange(1, horizon + 1, dtype=np.int64)
-        x = build_features(y, start, step_s, origins, leads)
+        x = build_features(y, start, step_s, origins, leads, self._scale_floor)
         rel = np.asarray(self._booster.predict(x, num_threads=1), dtype=np.float64)
-        scale = trailing_scale(y)[origins]
+        scale = trailing_scale(y, floor=self._scale_floor)[origins]
         return rel.reshape(origins.shape[0], horizon) * scale[:, None]
 
 

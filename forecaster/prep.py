@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import numpy.typing as npt
 
 from forecaster.base import FloatArray, History, NotEnoughHistoryError
 
@@ -65,22 +66,48 @@ def steps_per(period_s: float, step_s: int) -> int:
     return max(1, round(period_s / step_s))
 
 
-def trailing_scale(values: FloatArray, window: int = 6) -> FloatArray:
+#: The load scale never drops below this share of the series' mean load.
+SCALE_FLOOR_SHARE = 0.05
+
+
+def trailing_scale(values: FloatArray, window: int = 6, floor: float = 0.0) -> FloatArray:
     """Per-index robust load scale from data up to and including that index (no look-ahead).
 
     Used to express errors and features relative to the current load, so one error
     distribution serves the night and the peak, and one global model serves big and small
     variants. Floored at a small fraction of the series' mean so idle periods do not divide
-    by zero.
+    by zero. `floor` is a known lower bound from a longer history (`scale_floor` at fit
+    time): a fitted model sees only a short recent buffer, and an outage that fills the buffer
+    with zeros would otherwise floor the scale at 1e-6 and turn the recovery into relative
+    errors of 1e9.
+    """
+    return scale_and_idle(values, window, floor)[0]
+
+
+def scale_and_idle(values: FloatArray, window: int = 6, floor: float = 0.0
+                   ) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """`trailing_scale` and where it sits on its floor (the series is idle there).
+
+    An error made from an idle origin is not relative to anything: when the load comes
+    back from an outage, "error / scale" is the whole load over the floor (20x the load at
+    a 5% floor), and one such recovery would set the upper quantiles of every later
+    forecast. Relative calibration leaves those origins out (`forecaster.calibrated`).
     """
     import pandas as pd
 
     s = pd.Series(values).rolling(window, min_periods=1).mean().ffill().to_numpy()
     # The floor is an *expanding* mean, so it too only uses data up to each index.
     base = pd.Series(np.abs(values)).expanding().mean().fillna(1.0).to_numpy()
-    floor = np.maximum(0.05 * base, 1e-6)
-    s = np.where(np.isfinite(s), s, floor)
-    return np.asarray(np.maximum(s, floor), dtype=np.float64)
+    lower = np.maximum(SCALE_FLOOR_SHARE * base, max(floor, 1e-6))
+    s = np.where(np.isfinite(s), s, lower)
+    idle = np.asarray(s <= lower, dtype=np.bool_)
+    return np.asarray(np.maximum(s, lower), dtype=np.float64), idle
+
+
+def scale_floor(values: FloatArray) -> float:
+    """The floor `trailing_scale` reaches at the end of `values` (a share of their mean)."""
+    ok = np.isfinite(values)
+    return SCALE_FLOOR_SHARE * float(np.abs(values[ok]).mean()) if ok.any() else 0.0
 
 
 def merge_tail(values: FloatArray, start: float, step_s: int, tail: History,
