@@ -25,7 +25,14 @@ import numpy as np
 from controller.replay_forecast import PastOnlyForecaster
 from controller.replay_sim import Fleet, Observation
 from forecaster.base import FloatArray, History
-from models.decide import DemandForecast, ScalingPolicy, ScalingState, decide, next_state
+from models.decide import (
+    DemandForecast,
+    ScalingPolicy,
+    ScalingState,
+    break_even_hold_s,
+    decide,
+    next_state,
+)
 from models.headroom import (
     CALIBRATION_MARGIN,
     CALIBRATION_MEMORY_S,
@@ -142,9 +149,10 @@ class PredictiveSettings:
     one cold start ahead; that quantile *is* the headroom, so the fleet runs hot
     (`target_utilisation`) instead of adding a utilisation margin on top of a reactive floor.
     The reactive floor acts only on observed overload. Scale-up is not rate-limited: a rate
-    limit would only delay what the forecast already justified. Scale-down happens as soon as
-    the forecast allows, except that `decide` never removes a replica the forecast needs
-    again within one cold start (re-ordering it would cost a cold start of GPU time).
+    limit would only delay what the forecast already justified. Scale-down follows the
+    forecast once it has held for a cold start and a forecast step (`break_even_hold_s`), and
+    `decide` never removes a replica the forecast needs again within one cold start
+    (re-ordering it would cost a cold start of GPU time).
     """
 
     #: Starting provisioning quantile; the headroom tuner moves it toward the SLO target.
@@ -162,9 +170,9 @@ class PredictiveSettings:
     overload_tolerance: float = 0.1
     min_replicas: int = 1
     max_replicas: int = 10_000
-    #: Highest recommendation of this window bounds a scale-down: it only absorbs the
-    #: decision-to-decision noise of the live correction, not forecast changes.
-    scale_down_stabilisation_s: float = 120.0
+    #: Highest recommendation of this window bounds a scale-down. None: the longer of the
+    #: cold start and the forecast step (`models.decide.break_even_hold_s`).
+    scale_down_stabilisation_s: float | None = None
     #: Engine retrain period in simulated time; between retrains `TrainedModel.forecast`
     #: extends the model's buffer with the newest windows (baselines refit, cheaply).
     retrain_s: float = 6 * 3600.0
@@ -234,7 +242,9 @@ class Predictive:
             provisioning_quantile=settings.provisioning_quantile,
             target_utilisation=settings.target_utilisation, tolerance=0.0,
             scale_up_pods=_BIG, scale_down_pods=_BIG,
-            scale_down_stabilisation_s=settings.scale_down_stabilisation_s,
+            scale_down_stabilisation_s=settings.scale_down_stabilisation_s
+            if settings.scale_down_stabilisation_s is not None
+            else break_even_hold_s(fleet.cold_start_s, step),
             forecast_window_s=decision_interval_s)
         budget = 1.0 - settings.slo_target
         cap = fleet.capacity_rps

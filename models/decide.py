@@ -282,6 +282,23 @@ def _stabilise_down(n: int, current: int, need: _Need | None, state: ScalingStat
     return n
 
 
+def break_even_hold_s(cold_start_s: float, forecast_step_s: float) -> float:
+    """How long a scale-down should wait: the longer of a cold start and a forecast step.
+
+    A replica removed and re-ordered within a cold start costs more GPU time (its cold start
+    is paid again) than keeping it idle would have: holding each scale-down for one cold
+    start bounds the waste at twice the best schedule (the ski-rental argument). And the
+    forecast changes its mind once per step, when a window completes; within a step a lower
+    recommendation comes from the live correction of the current window, which the next
+    window's forecast often takes back. Replays saw 3-4 replicas removed in a window's last
+    minutes and re-ordered at its end, every window (5x the cold starts of the oracle).
+    """
+    if cold_start_s < 0 or forecast_step_s < 0:
+        raise ValueError(f"cold_start_s={cold_start_s} and forecast_step_s={forecast_step_s} "
+                         "must be >= 0")
+    return max(cold_start_s, forecast_step_s)
+
+
 def _pods_moved(state: ScalingState, now: float, period_s: float, up: bool) -> int:
     """Pods added (or removed) by scale events in the period ending now."""
     total = 0

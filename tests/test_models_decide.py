@@ -14,6 +14,7 @@ from models.decide import (
     DemandForecast,
     ScalingPolicy,
     ScalingState,
+    break_even_hold_s,
     decide,
     next_state,
 )
@@ -273,3 +274,10 @@ def test_next_state_records_recommendation_and_event_and_prunes() -> None:
     assert new.scale_events == ((T0, 3, 6),)
 
 
+
+
+def test_break_even_hold_is_the_longer_of_cold_start_and_forecast_step() -> None:
+    assert break_even_hold_s(300.0, 60.0) == 300.0
+    assert break_even_hold_s(120.0, 600.0) == 600.0
+    with pytest.raises(ValueError, match="cold_start_s=-1"):
+        break_even_hold_s(-1.0, 60.0)

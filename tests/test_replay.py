@@ -13,6 +13,7 @@ import pytest
 from controller.replay import (
     ReplayError,
     default_fleet,
+    jump_at_budget,
     plot,
     prepare,
     render_table,
@@ -245,6 +246,18 @@ def test_scale_down_follows_the_forecast_when_no_peak_comes_back_in_time() -> No
     assert pred.target(_obs(100 * 60.0, 20, 2.0)) == 3  # 2 req/s at 95% utilisation
 
 
+def test_scale_down_waits_one_cold_start_of_lower_recommendations() -> None:
+    """Removing a replica that is re-ordered within a cold start pays its cold start again:
+    a lower forecast must hold for a cold start (300 s > the 60 s step) before replicas go."""
+    pred, _ = _predictive_with([19.0] * 20)
+    t0 = 100 * 60.0
+    assert pred.target(_obs(t0, 20, 19.0)) == 20
+    pred.forecaster.values = np.full(20, 2.0)  # type: ignore[attr-defined]
+    assert pred.target(_obs(t0 + 60, 20, 2.0)) == 20
+    assert pred.target(_obs(t0 + 240, 20, 2.0)) == 20
+    assert pred.target(_obs(t0 + 330, 20, 2.0)) == 3
+
+
 @needs_data
 def test_predictive_never_drops_below_its_forecast_need_within_a_cold_start() -> None:
     ts = _servegen_day(1.0)
@@ -362,3 +375,27 @@ def test_calibrated_headroom_takes_over_and_still_sees_only_the_past() -> None:
     k = round(cut * ts.step_s / sim_a.dt)
     assert np.array_equal(sim_a.ordered[:k], sim_b.ordered[:k])
     assert not np.array_equal(sim_a.ordered, sim_b.ordered)
+
+
+def test_jump_at_budget_weights_requests_and_looks_one_cold_start_back() -> None:
+    # Steady 100 req/s, one window in fifty at 300: 2% of windows, 5.8% of requests.
+    y = np.full(500, 100.0)
+    y[::50] = 300.0
+    w = History("s", 0.0, 60, y)
+    assert jump_at_budget(w, 60.0, 0.99) == pytest.approx(3.0)
+    assert jump_at_budget(w, 60.0, 0.90) == pytest.approx(1.0)
+    # A 5-minute cold start compares each window with the one five windows before.
+    ramp = History("s", 0.0, 60, np.arange(100.0, 201.0))
+    assert 1.04 < (jump_at_budget(ramp, 300.0, 0.99) or 0) <= 1.05
+    assert (jump_at_budget(ramp, 60.0, 0.99) or 0) <= 1.01
+    assert jump_at_budget(History("s", 0.0, 60, np.full(5, 1.0)), 60.0, 0.99) is None
+
+
+@needs_data
+def test_replay_says_when_jumps_make_the_slo_costly() -> None:
+    ts = _servegen_day(2.0)
+    res = replay_series(ts, default_fleet(ts, 300.0), policies=["oracle"])
+    assert res.jump_at_budget is not None and res.jump_at_budget > 1.0
+    text = [n for n in res.notes if n.startswith("load jumps")]
+    assert len(text) == 1 and f"{res.jump_at_budget:.2f}x" in text[0]
+    assert ("no forecast sees" in text[0]) == (res.jump_at_budget >= 1.5)
