@@ -91,7 +91,11 @@ class Behaviour(_Strict):
     scale_up_period_s: float = Field(default=60, gt=0)
     scale_down_pods: int = Field(default=1, ge=1)
     scale_down_period_s: float = Field(default=60, gt=0)
-    scale_down_stabilisation_s: float = Field(default=300, ge=0)
+    scale_down_stabilisation_s: float | None = Field(
+        default=None, ge=0,
+        description="Scale down only to the highest recommendation of this window; null: the "
+                    "longer of the profile's cold start and prometheus.step_s "
+                    "(models.decide.break_even_hold_s)")
 
 
 class VariantConfig(_Strict):

@@ -44,6 +44,7 @@ from models.decide import (
     Reason,
     ScalingPolicy,
     ScalingState,
+    break_even_hold_s,
     decide,
     next_state,
 )
@@ -392,7 +393,9 @@ class Service:
             target_utilisation=b.target_utilisation, tolerance=b.tolerance,
             scale_up_pods=b.scale_up_pods, scale_up_period_s=b.scale_up_period_s,
             scale_down_pods=b.scale_down_pods, scale_down_period_s=b.scale_down_period_s,
-            scale_down_stabilisation_s=b.scale_down_stabilisation_s)
+            scale_down_stabilisation_s=b.scale_down_stabilisation_s
+            if b.scale_down_stabilisation_s is not None
+            else break_even_hold_s(v.profile.cold_start_s, self.config.prometheus.step_s))
 
     def _live(self, name: str, now: float) -> LiveSignals | None:
         try:

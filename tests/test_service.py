@@ -193,6 +193,33 @@ def test_restart_keeps_the_stabilisation_window(tmp_path: Path) -> None:
     assert "ScaleDownStabilised" in {r["code"] for r in rec.reasons}
 
 
+@pytest.mark.parametrize(("cold_start_s", "explicit", "held_at"), [
+    (600.0, None, 450.0),  # default: the cold start (longer than the 60 s step)
+    (120.0, 450.0, 400.0),  # an explicit window wins
+])
+def test_scale_down_waits_a_cold_start_unless_configured(
+        cold_start_s: float, explicit: float | None, held_at: float) -> None:
+    """By default a lower recommendation must hold for the variant's cold start: a replica
+    removed and re-ordered sooner costs more GPU time than it saved."""
+    load = daily_load(level=10.0)
+    now = T0 + 3 * 86_400
+    behaviour = {} if explicit is None else {"scale_down_stabilisation_s": explicit}
+    svc = make_service(load, now, replicas=4, behaviour=behaviour,
+                       profile={"capacity_rps": 10.0, "cold_start_s": cold_start_s})
+    svc.retrain()
+    src: ArraySource = svc.source  # type: ignore[assignment]
+    src.live_override = 300.0
+    high = svc.reconcile()[0].desired
+    assert high is not None and high > 4
+    src.live_override = 1.0
+    svc.clock_box["now"] = now + held_at  # type: ignore[attr-defined]
+    held = svc.reconcile()[0]
+    assert held.desired == high and "ScaleDownStabilised" in {r["code"] for r in held.reasons}
+    svc.clock_box["now"] = now + (explicit or cold_start_s) + 60  # type: ignore[attr-defined]
+    later = svc.reconcile()[0].desired
+    assert later is not None and later < high
+
+
 def test_corrupt_state_file_is_ignored_with_an_error(tmp_path: Path,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     p = tmp_path / "state.json"
