@@ -125,7 +125,9 @@ class PastOnlyForecaster:
             models = engine.train_all({history.variant: history}, horizon_steps=horizon,
                                       quantiles=self.levels,
                                       provisioning_quantile=SELECTION_QUANTILE,
-                                      budget_s=60.0, n_jobs=1)
+                                      budget_s=60.0, n_jobs=1,
+                                      previous=None if self._engine is None
+                                      else {history.variant: self._engine})
             self._engine = models[history.variant]
             self.model_name = f"engine:{self._engine.model_name}"
         best, best_score = "naive", math.inf

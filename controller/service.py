@@ -265,7 +265,9 @@ class Service:
             report = train_models(histories, {n: self.horizon_steps(self.variants[n].config)
                                               for n in histories},
                                   self.config.forecast, self.fingerprint,
-                                  budget_s=self.config.schedules.retrain_budget_s)
+                                  budget_s=self.config.schedules.retrain_budget_s,
+                                  previous={n: m for n in histories
+                                            if (m := self.variants[n].model) is not None})
             self.metrics.training_duration.observe(time.perf_counter() - t0)
             for name, model in report.models.items():
                 self.variants[name].model = model

@@ -81,15 +81,18 @@ class TrainingReport:
 
 def train_models(histories: Mapping[str, History], horizons: Mapping[str, int],
                  cfg: ForecastConfig, fingerprint: str, budget_s: float,
-                 n_jobs: int = 2) -> TrainingReport:
+                 n_jobs: int = 2, previous: Mapping[str, ServedModel] | None = None
+                 ) -> TrainingReport:
     """Fit every variant within the budget; a variant whose fit fails is served by the
-    fallback baseline and reported, never raised."""
+    fallback baseline and reported, never raised. `previous`: the models being replaced
+    (their adaptive quantile levels carry over)."""
     t0 = time.perf_counter()
     if not histories:
         return TrainingReport({}, {}, 0.0)
     trained = train_all(histories, horizon_steps=max(horizons.values()),
                         quantiles=cfg.quantiles, provisioning_quantile=cfg.provisioning_quantile,
-                        budget_s=budget_s, n_jobs=n_jobs, fingerprint=fingerprint)
+                        budget_s=budget_s, n_jobs=n_jobs, fingerprint=fingerprint,
+                        previous={n: m.trained for n, m in (previous or {}).items()})
     failed = {n: m.fallback_reason for n, m in trained.items() if m.fallback_reason}
     for name, why in failed.items():
         log.warning("train %s: serving fallback %s: %s", name, trained[name].model_name, why)

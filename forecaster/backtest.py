@@ -89,8 +89,11 @@ def backtest_series(history: History, horizon: int) -> dict[str, Any]:
     for i, o in enumerate(origins.tolist()):
         if model is None or i % every == 0:
             t0 = time.perf_counter()
-            model = train_one(history.slice(o + 1), factories, horizon, QUANTILES, 0.9,
-                              None, "")
+            new = train_one(history.slice(o + 1), factories, horizon, QUANTILES, 0.9,
+                            None, "")
+            if model is not None:
+                new.continue_from(model)  # as the service does (see `train_all`)
+            model = new
             fit_s.append(time.perf_counter() - t0)
             tail = None
         else:

@@ -123,6 +123,19 @@ class TrainedModel:
                         {q: v[lag:] for q, v in out.items()}, name,
                         self.trained_from, self.trained_to, dict(self.scores))
 
+    def continue_from(self, previous: TrainedModel) -> bool:
+        """Carry the adaptive quantile level over from the model this one replaces.
+
+        Only between models of the same variant trained under the same config fingerprint
+        (a level tuned for other quantiles or another signal means nothing here).
+        """
+        if previous.variant != self.variant or previous.fingerprint != self.fingerprint:
+            return False
+        if not isinstance(self.model, PointForecaster) or \
+                not isinstance(previous.model, PointForecaster):
+            return False
+        return self.model.continue_adaptation(previous.model)
+
     def _update(self, tail: History) -> None:
         if isinstance(self.model, PointForecaster):
             self.model.update(tail)
@@ -217,7 +230,8 @@ def train_all(histories: Mapping[str, History], horizon_steps: int = 30,
               quantiles: Sequence[float] = (0.5, 0.9, 0.99),
               provisioning_quantile: float = 0.9, budget_s: float = 60.0, n_jobs: int = 2,
               *, factories: Sequence[Factory] | None = None, fingerprint: str = "",
-              use_global: bool | None = None) -> dict[str, TrainedModel]:
+              use_global: bool | None = None,
+              previous: Mapping[str, TrainedModel] | None = None) -> dict[str, TrainedModel]:
     """Train every variant (in `n_jobs` processes) and return a model per variant.
 
     - `budget_s` bounds the whole retrain: candidates not started by then are skipped, and
@@ -225,6 +239,8 @@ def train_all(histories: Mapping[str, History], horizon_steps: int = 30,
     - `factories` replaces the default candidates (baselines are always added).
     - `use_global` adds a LightGBM model trained across all variants (default: when there
       are at least GLOBAL_MIN_VARIANTS).
+    - `previous`: the models being replaced; each new model continues its predecessor's
+      adaptive quantile level (`TrainedModel.continue_from`).
     Never raises for a variant's failure; see `fallback_count`.
     """
     h = check_horizon(horizon_steps)
@@ -247,6 +263,9 @@ def train_all(histories: Mapping[str, History], horizon_steps: int = 30,
 
         results = Parallel(n_jobs=n_jobs)(delayed(train_one)(*a) for a in args)
     out = dict(zip(histories, results, strict=True))
+    for name, model in out.items():
+        if previous is not None and name in previous:
+            model.continue_from(previous[name])
     n_fb = fallback_count(out)
     if n_fb:
         log.warning("train_all: %d of %d variants on fallback baselines", n_fb, len(out))

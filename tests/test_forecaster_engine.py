@@ -111,3 +111,28 @@ def test_choose_never_beats_the_best_baseline_backwards() -> None:
     models.append(NaivePoint(6).fit(hist))
     chosen = choose(models)
     assert chosen is not None and chosen.name == "naive"
+
+
+@pytest.mark.parametrize(("fingerprint", "carried"), [("same", True), ("other", False)])
+def test_retrain_continues_the_adapted_quantile_level(fingerprint: str, carried: bool) -> None:
+    """Adaptive conformal needs hundreds of forecasts to correct coverage; an hourly retrain
+    that reset it would keep the p90 at its stale holdout calibration. After a run of misses
+    (the load doubles), the retrained model starts from the raised level, unless it was
+    trained under another config."""
+    h = daily_series(days=5)
+    old = train_all({"a": h}, 6, (0.5, 0.9), 0.9, n_jobs=1, use_global=False,
+                    fingerprint="same")["a"]
+    rng = np.random.default_rng(5)
+    for k in range(60):  # an hour of steps at twice the load: every forecast misses
+        old.forecast(History("a", h.end + k * h.step_s, h.step_s,
+                             np.array([2 * (100 + rng.normal(0, 3))])))
+    assert isinstance(old.model, PointForecaster) and old.model.level_shift > 0.01
+    longer = History(h.variant, h.start, h.step_s,
+                     np.concatenate((h.values, np.full(60, np.nan))))
+    new = train_all({"a": longer}, 6, (0.5, 0.9), 0.9, n_jobs=1, use_global=False,
+                    fingerprint=fingerprint, previous={"a": old})["a"]
+    assert isinstance(new.model, PointForecaster)
+    if carried:
+        assert new.model.level_shift == old.model.level_shift
+    else:
+        assert new.model.level_shift == 0.0
