@@ -66,9 +66,10 @@ def accuracy(data: Path, jobs: int) -> list[dict[str, Any]]:
     return rows
 
 
-def speed(data: Path, jobs: int) -> list[tuple[int, float, float, int, float]]:
+def speed(data: Path, jobs: int, counts: tuple[int, ...] = (1, 10, 100)
+          ) -> list[tuple[int, float, float, int, float]]:
     out = []
-    for count in (1, 10, 100):
+    for count in counts:
         hist = minute_series(data, count)
         t0 = time.perf_counter()
         models = train_all(hist, horizon_steps=30, quantiles=(0.5, 0.9), budget_s=120,
@@ -165,19 +166,29 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--counts", default="1,10,100",
+                        help="variant counts for the speed table (e.g. 1,10,100,1000)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    rows = accuracy(args.data, args.jobs)
-    console.print(summary(rows))
-    console.print(linear_bound(args.data))
+    if not args.skip_accuracy:
+        rows = accuracy(args.data, args.jobs)
+        console.print(summary(rows))
+        console.print(linear_bound(args.data))
     if args.skip_speed:
         return
     table = Table(title="training speed: 14 days x 1-minute steps (targets: 100 variants "
                         "< 30 s, < 1 GB; predict 30 steps < 5 ms/variant)")
-    for c in ("variants", "train_all s", "predict ms/variant", "fallbacks", "peak RSS MB"):
+    for c in ("variants", "train_all s", "s per variant", "per variant vs largest",
+              "predict ms/variant", "fallbacks", "peak RSS MB"):
         table.add_column(c, justify="right")
-    for count, train_s, pred_ms, n_fb, mb in speed(args.data, args.jobs):
-        table.add_row(str(count), f"{train_s:.1f}", f"{pred_ms:.2f}", str(n_fb), f"{mb:.0f}")
+    counts = tuple(int(c) for c in args.counts.split(",") if c)
+    results = speed(args.data, args.jobs, counts)
+    per_last = results[-1][1] / results[-1][0]
+    for count, train_s, pred_ms, n_fb, mb in results:
+        table.add_row(str(count), f"{train_s:.1f}", f"{train_s / count:.3f}",
+                      f"{train_s / count / per_last:.2f}", f"{pred_ms:.2f}", str(n_fb),
+                      f"{mb:.0f}")
     console.print(table)
 
 

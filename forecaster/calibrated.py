@@ -250,12 +250,14 @@ class PointForecaster(ABC):
         n = y.shape[0]
         split, origins = holdout_origins(n, self.horizon)
         n_fit_valid = int(np.isfinite(y[:max(split, 0)]).sum())
-        need = self.min_fit
-        if split < need or n_fit_valid < need or origins.size < 5:
-            raise NotEnoughHistoryError(self.name, int(np.isfinite(y).sum()),
-                                        need + self.horizon + 10)
+        have = int(np.isfinite(y).sum())
+        if split < self.min_fit or n_fit_valid < self.min_fit or origins.size < 5:
+            raise NotEnoughHistoryError(self.name, have, self._history_need(self.min_fit))
         self._step_s = history.step_s
-        self._fit_params(y[:split], history.start, history.step_s)
+        try:
+            self._fit_params(y[:split], history.start, history.step_s)
+        except NotEnoughHistoryError as exc:  # the fit window's need, as the whole history's
+            raise NotEnoughHistoryError(self.name, have, self._history_need(exc.need)) from None
         n_cal = max(1, int(origins.shape[0] * SCORE_SPLIT))
         if self.parameter_free:
             first = max(self._first_origin(), int(origins[0]) - max(0, MAX_CAL_ORIGINS - n_cal))
@@ -274,6 +276,11 @@ class PointForecaster(ABC):
         self._start = history.start + (n - self._y.shape[0]) * history.step_s
         self.trained_from, self.trained_to = history.start, history.end
         return self
+
+    def _history_need(self, fit_need: int) -> int:
+        """Samples of history for a fit window of `fit_need`: the holdout takes half (and at
+        least the horizon plus ten origins) of the history."""
+        return max(math.ceil(fit_need / (1.0 - HOLDOUT_FRACTION)), fit_need + self.horizon + 10)
 
     def calibrate(self, hold: Holdout) -> None:
         """Choose absolute or relative errors, score honestly, keep the errors per lead.

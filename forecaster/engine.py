@@ -41,7 +41,7 @@ from forecaster.baselines import Naive, daily
 from forecaster.calibrated import PointForecaster
 from forecaster.models_lgbm import fit_many_booster
 from forecaster.prep import merge_tail, steps_per
-from forecaster.selection import BASELINE_NAMES, Factory, default_factories, select
+from forecaster.selection import BASELINE_NAMES, Factory, Selection, default_factories, select
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,21 @@ def _fallback(history: History, reason: str, fingerprint: str, qs: tuple[float, 
                         _buffer_start=start)
 
 
+def _fallback_reason(sel: Selection, baselines_too: bool) -> str:
+    """Why a fallback serves: the budget, a history too short for every candidate (with the
+    have/need of the least demanding one), or failures. `baselines_too`: no candidate
+    at all was fitted, the baselines included."""
+    if sel.skipped_for_budget and not sel.failures:
+        return "budget exceeded"
+    failed = {n for n in sel.failures if baselines_too or n not in BASELINE_NAMES}
+    short = {n: sel.too_short[n] for n in failed if n in sel.too_short}
+    what = "any candidate" if baselines_too else "any model"
+    if failed and len(short) == len(failed):
+        name, (have, need) = min(short.items(), key=lambda kv: kv[1][1])
+        return f"not enough history for {what}: have {have}, need {need} ({name})"
+    return "every candidate failed" if baselines_too else "every model candidate failed"
+
+
 def train_one(history: History, factories: Sequence[Factory], horizon: int,
               quantiles: tuple[float, ...], provisioning_quantile: float,
               deadline: float | None, fingerprint: str) -> TrainedModel:
@@ -206,12 +221,11 @@ def train_one(history: History, factories: Sequence[Factory], horizon: int,
     m = sel.model
     non_base_ok = any(name not in BASELINE_NAMES for name in sel.scores)
     if m is None:
-        return _fallback(history, "every candidate failed", fingerprint, quantiles, fit_s,
-                         sel.failures)
+        return _fallback(history, _fallback_reason(sel, baselines_too=True), fingerprint,
+                         quantiles, fit_s, sel.failures)
     reason = None
     if not non_base_ok and factories:
-        reason = ("budget exceeded" if sel.skipped_for_budget and not sel.failures
-                  else "every model candidate failed")
+        reason = _fallback_reason(sel, baselines_too=False)
         log.warning("variant %s: falling back to baseline %s (%s)", history.variant, m.name,
                     reason)
     assert m.scores is not None

@@ -115,6 +115,8 @@ class Selection:
     failures: dict[str, str] = field(default_factory=dict)
     fit_seconds: dict[str, float] = field(default_factory=dict)
     skipped_for_budget: list[str] = field(default_factory=list)
+    #: Candidates refused for a short history: name -> (valid samples had, needed).
+    too_short: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _finite_scores(m: PointForecaster) -> bool:
@@ -217,6 +219,7 @@ def select(history: History, factories: Sequence[Factory], horizon: int,
                 raise ValueError("non-finite holdout scores")
         except NotEnoughHistoryError as exc:
             sel.failures[name] = str(exc)
+            sel.too_short[name] = (exc.have, exc.need)
             continue
         except Exception as exc:  # any model bug must not stop the fleet
             sel.failures[name] = f"{type(exc).__name__}: {exc}"

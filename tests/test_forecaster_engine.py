@@ -75,7 +75,8 @@ def test_exhausted_budget_gives_the_seasonal_fallback() -> None:
 def test_short_history_falls_back_to_naive() -> None:
     short = History("s", 0.0, 600, np.array([1.0, 2.0, 3.0]))
     m = train_all({"s": short}, 3, n_jobs=1)["s"]
-    assert m.model_name == "naive" and m.fallback_reason is not None
+    assert m.model_name == "naive"
+    assert m.fallback_reason == "not enough history for any candidate: have 3, need 14 (naive)"
 
 
 def test_train_all_records_choice_window_and_scores_in_parallel() -> None:
