@@ -7,7 +7,8 @@ Run: python bench/forecast_bench.py [--data DIR] [--jobs 2]
 3. Speed: `train_all` on 1, 10 and 100 variants of 14 days at 1-minute steps. The series are
    the real ServeGen 10-minute series interpolated to 1 minute, with copies shifted in time
    (whole hours, wrapped) and rescaled — real shapes, no invented traffic. Peak memory is the
-   max RSS of this process and its workers; predict time is per variant for 30 steps.
+   max RSS of this process and its workers (live ones read from /proc); predict time is
+   per variant for 30 steps.
 Targets (from the issue) are printed beside the measurements.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import resource
 import statistics
 import sys
@@ -92,9 +94,40 @@ def speed(data: Path, jobs: int, counts: tuple[int, ...] = (1, 10, 100)
 
 
 def _peak_mb() -> float:
+    """Peak RSS of this process and of every worker, live or reaped.
+
+    joblib's workers outlive a call and are never waited for, so RUSAGE_CHILDREN misses
+    them; their own high-water mark (VmHWM) is read from /proc where it exists.
+    """
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 1024.0
+    return max(own, kids, *_live_workers_kb()) / 1024.0
+
+
+def _live_workers_kb() -> list[int]:
+    """VmHWM (kB) of the live descendants of this process (Linux /proc; empty elsewhere)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    mine, todo = set(), [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        kids = [c for c, p in parents.items() if p == pid and c not in mine]
+        mine.update(kids)
+        todo.extend(kids)
+    out = []
+    for pid in mine:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    out.append(int(line.split()[1]))
+        except OSError:
+            continue
+    return out
 
 
 def summary(rows: list[dict[str, Any]]) -> Table:

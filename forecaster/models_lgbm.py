@@ -101,11 +101,18 @@ def _train_origins(y: FloatArray, horizon: int) -> IntArray:
     return origins
 
 
-def training_rows(y: FloatArray, start: float, step_s: int,
-                  horizon: int) -> tuple[FloatArray, FloatArray]:
-    """(features, relative targets) for one series; rows with unknown targets are dropped."""
+def training_rows(y: FloatArray, start: float, step_s: int, horizon: int,
+                  last_rows: int | None = None) -> tuple[FloatArray, FloatArray]:
+    """(features, relative targets) for one series; rows with unknown targets are dropped.
+
+    `last_rows`: only the newest origins that give about that many rows are built (the
+    global model keeps a few hundred rows per series; building all 18,000 and slicing kept
+    3 MB per variant alive through the slice).
+    """
     leads = train_leads(horizon)
     origins = _train_origins(y, horizon)
+    if last_rows is not None:
+        origins = origins[-max(1, -(-last_rows // leads.shape[0])):]
     x = build_features(y, start, step_s, origins, leads)
     target_idx = np.repeat(origins, leads.shape[0]) + np.tile(leads, origins.shape[0])
     scale = trailing_scale(y)[np.repeat(origins, leads.shape[0])]
@@ -175,9 +182,9 @@ def fit_many_booster(histories: Mapping[str, History], horizon: int = 30,
         split, _ = holdout_origins(y.shape[0], horizon)
         if split < LGBMForecaster.min_fit:
             continue
-        x, t = training_rows(y[:split], h.start, h.step_s, horizon)
+        x, t = training_rows(y[:split], h.start, h.step_s, horizon, last_rows=per_series)
         if t.shape[0] > per_series:
-            x, t = x[-per_series:], t[-per_series:]
+            x, t = x[-per_series:].copy(), t[-per_series:].copy()
         xs.append(x)
         ts.append(t)
     if not xs:
