@@ -97,17 +97,39 @@ LEVELS = (0.5, 0.9, 0.99, 0.999)
 
 
 def test_shortfall_misses_grow_with_the_overload_and_stop_at_the_exposure() -> None:
-    prov = np.array([100.0, 100.0, 100.0, 100.0, 0.0, 100.0])
-    actual = np.array([90.0, 100.0, 101.0, 200.0, 50.0, 0.0])
+    # Covered windows between the short ones: each shortfall is its own event.
+    prov = np.array([100.0, 100.0, 100.0, 100.0, 100.0, 100.0, 0.0, 100.0, 100.0])
+    actual = np.array([90.0, 100.0, 101.0, 50.0, 200.0, 50.0, 50.0, 50.0, 0.0])
     share = MODEL.missed_share(prov, actual)
-    assert share[0] == share[1] == share[5] == 0.0  # covered, exactly covered, idle
+    assert share[0] == share[1] == share[8] == 0.0  # covered, exactly covered, idle
     # 1% over: the queue passes the slack after 450 s, after the reactive replicas came.
     assert share[2] == 0.0
     # Twice the capacity: over the SLO after 4.5 s until 390 s.
-    assert share[3] == pytest.approx((390.0 - 4.5) / 600.0)
-    assert share[4] == pytest.approx(390.0 / 600.0)  # nothing provisioned at all
+    assert share[4] == pytest.approx((390.0 - 4.5) / 600.0)
+    assert share[6] == pytest.approx(390.0 / 600.0)  # nothing provisioned at all
     hot = ShortfallModel(600.0, 390.0, 4.5, capacity_factor=2.0)  # running at 50%
-    assert hot.missed_share(prov, actual)[3] == 0.0
+    assert hot.missed_share(prov, actual)[4] == 0.0
+
+
+def test_a_shortfall_over_consecutive_windows_is_one_event() -> None:
+    """Windows shorter than a cold start: the queue carries from one short window into the
+    next, and the reactive replicas arrive one exposure after the *first* short window."""
+    minute = ShortfallModel(window_s=60.0, exposure_s=390.0, slack_s=4.5)
+    prov = np.full(10, 100.0)
+    actual = np.array([100.0] + [101.0] * 8 + [100.0])  # 1% over for 8 minutes
+    share = minute.missed_share(prov, actual)
+    # The wait grows 0.6 s a minute: past the 4.5 s slack in minute 8 (at 450 s), when the
+    # reactive replicas (390 s) have come: nothing missed, window by window it would be too.
+    assert share.sum() == 0.0
+    actual = np.array([100.0] + [110.0] * 8 + [100.0])  # 10% over: slack gone after 45 s
+    share = minute.missed_share(prov, actual)
+    assert share[1] == pytest.approx(15.0 / 60.0)
+    assert share[2] == share[6] == 1.0  # still queued, reactive replicas not yet there
+    assert share[7] == pytest.approx(30.0 / 60.0)  # they arrive 390 s after minute 1 began
+    assert share[8] == share[9] == 0.0
+    # Apart (each window its own event) the same load would show 15 s of misses a minute.
+    apart = minute.missed_share(prov, actual, starts=np.arange(10) * 120.0)
+    assert apart[2] == pytest.approx(15.0 / 60.0)
 
 
 def test_shortfall_model_names_the_bad_field() -> None:
