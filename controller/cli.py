@@ -114,13 +114,13 @@ def backtest(
     """Rolling-origin backtest over the last 20% of each series, against three baselines."""
     from rich.progress import Progress
 
-    from forecaster.backtest import render_table, rich_progress, run_backtest
+    from forecaster.backtest import BacktestError, render_table, rich_progress, run_backtest
     from forecaster.trace import TraceError
 
     try:
         with Progress(console=err, transient=True) as bar:
             result = run_backtest(data, series or None, horizon, progress=rich_progress(bar))
-    except TraceError as exc:
+    except (TraceError, BacktestError) as exc:
         raise _fail(str(exc)) from None
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")

@@ -17,6 +17,7 @@ Default horizon (`default_horizon`): 30 minutes of steps, at most 30 steps — 3
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import time
@@ -34,6 +35,8 @@ from forecaster.engine import train_one
 from forecaster.prep import steps_per
 from forecaster.selection import default_factories
 from forecaster.trace import read_trace
+
+log = logging.getLogger(__name__)
 
 EVAL_FRACTION = 0.2
 MAX_RETRAINS = 8
@@ -140,8 +143,17 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     }
 
 
-def _job(history: History, horizon: int | None) -> dict[str, Any]:
-    return backtest_series(history, horizon or default_horizon(history.step_s))
+class BacktestError(ValueError):
+    """No series of the trace could be backtested (each reason is logged)."""
+
+
+def _job(history: History, horizon: int | None) -> dict[str, Any] | str:
+    """One series' row, or why it cannot be backtested (a short series must not stop the
+    others: held-out traces mix long and short series)."""
+    try:
+        return backtest_series(history, horizon or default_horizon(history.step_s))
+    except ValueError as exc:
+        return str(exc)
 
 
 def run_backtest(path: str | Path, series: list[str] | None = None, horizon: int | None = None,
@@ -162,11 +174,18 @@ def run_backtest(path: str | Path, series: list[str] | None = None, horizon: int
 
         results = Parallel(n_jobs=n_jobs, return_as="generator")(
             delayed(_job)(h, horizon) for h in histories)
-    for i, row in enumerate(results):
-        rows.append({k: (_none_if_nan(v) if isinstance(v, float) else v)
-                     for k, v in row.items()})
+    skipped: list[str] = []
+    for i, (hist, row) in enumerate(zip(histories, results, strict=True)):
+        if isinstance(row, str):
+            log.warning("backtest: series %r skipped: %s", hist.variant, row)
+            skipped.append(row)
+        else:
+            rows.append({k: (_none_if_nan(v) if isinstance(v, float) else v)
+                         for k, v in row.items()})
         if progress is not None:
-            progress(row["name"], i + 1, len(histories))
+            progress(hist.variant, i + 1, len(histories))
+    if not rows:
+        raise BacktestError(f"{path}: no series could be backtested: {'; '.join(skipped)}")
     return {"series": rows, "summary": _summary(rows)}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from forecaster.base import FloatArray, History
 RELATIVE_EPOCH = 1_736_121_600.0
 _RELATIVE_LIMIT = 10 * 365 * 86_400  # below this a timestamp_s is read as relative
 TOKEN_COLUMNS = ("input_tokens", "output_tokens")
+
+log = logging.getLogger(__name__)
 
 
 class TraceError(ValueError):
@@ -135,7 +138,24 @@ def read_trace(path: str | Path, series: list[str] | None = None) -> dict[str, T
     if not rows:
         raise TraceError(f"{p}: no data rows")
     relative = tcol == "timestamp_s" and all(r[0][0] < _RELATIVE_LIMIT for r in rows.values())
-    return {name: _regularise(p, name, r, has_tokens, relative) for name, r in rows.items()}
+    return _regularise_all(p, rows, series is None, has_tokens, relative)
+
+
+def _regularise_all(path: Path, rows: dict[str, list[tuple[float, float, float, float]]],
+                    whole_file: bool, has_tokens: bool, relative: bool
+                    ) -> dict[str, TraceSeries]:
+    """Every series on its grid. Reading a whole file, a series with a single window says
+    nothing but must not make the others unreadable: it is skipped, and said so."""
+    out: dict[str, TraceSeries] = {}
+    for name, r in rows.items():
+        if whole_file and len(r) < 2:
+            log.warning("%s: series %r skipped: it has %d row(s), need at least 2", path, name,
+                        len(r))
+            continue
+        out[name] = _regularise(path, name, r, has_tokens, relative)
+    if not out:
+        raise TraceError(f"{path}: no series with at least 2 rows")
+    return out
 
 
 def _regularise(path: Path, name: str, rows: list[tuple[float, float, float, float]],
