@@ -30,6 +30,10 @@ ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 MIN_ALPHA = 0.02
 #: Parameter fits (not forecasts) use at most this many recent samples, for speed.
 MAX_PARAM_FIT = 4000
+#: Seasonal profiles are fitted on windows coarse enough that a day has at most this many:
+#: a daily season of 1,440 one-minute steps is smooth at 10 minutes, and Holt-Winters or MSTL
+#: on 144 phases costs a tenth of a second where 1,440 would cost seconds per variant.
+MAX_SEASON_STEPS = 144
 
 
 def phase_index(start: float, step_s: int, n: int, period_s: int) -> IntArray:
@@ -135,6 +139,28 @@ class LevelBlend(PointForecaster):
                           dtype=np.float64)
 
 
+def coarsen(y: FloatArray, start: float, step_s: int, factor: int
+            ) -> tuple[FloatArray, float, int]:
+    """Means over blocks of `factor` samples, ending at the newest sample (the oldest
+    incomplete block is dropped); returns (values, start, step) of the coarse series."""
+    if factor <= 1:
+        return y, start, step_s
+    n = (y.shape[0] // factor) * factor
+    trim = y.shape[0] - n
+    blocks = y[trim:].reshape(-1, factor)
+    return (np.asarray(blocks.mean(axis=1), dtype=np.float64), start + trim * step_s,
+            step_s * factor)
+
+
+def upsample_profile(prof: FloatArray, step_c: int, step_s: int, period_s: int) -> FloatArray:
+    """A profile by coarse phase, interpolated (around the period) to phases of `step_s`."""
+    fine = steps_per(period_s, step_s)
+    centres_c = (np.arange(prof.shape[0]) + 0.5) * step_c
+    centres_f = (np.arange(fine) + 0.5) * step_s
+    out = np.interp(centres_f, centres_c, prof, period=period_s)
+    return np.asarray(out - out.mean(), dtype=np.float64)
+
+
 def _holt_states(z: FloatArray, alpha: float, beta: float,
                  phi: float) -> tuple[FloatArray, FloatArray]:
     """Level and trend after each sample of damped Holt; NaN samples only decay the trend."""
@@ -199,27 +225,15 @@ class SeasonalHolt(PointForecaster):
     def _fit_params(self, y: FloatArray, start: float, step_s: int) -> None:
         from statsmodels.tsa.holtwinters import ExponentialSmoothing
 
-        keep = min(y.shape[0], MAX_PARAM_FIT)
-        start = start + (y.shape[0] - keep) * step_s
-        y = _interp_nan(y[-keep:])
-        p_day = steps_per(DAY_S, step_s)
+        full = _interp_nan(y)
         self._season = _Seasonal()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if self.seasonal == "hw":
-                if y.shape[0] < 2 * p_day or p_day > 288:
-                    raise NotEnoughHistoryError(self.name, y.shape[0], 2 * p_day)
-                res = ExponentialSmoothing(y, trend="add", damped_trend=True, seasonal="add",
-                                           seasonal_periods=p_day,
-                                           initialization_method="heuristic").fit()
-                season = np.asarray(res.season)[-p_day:]
-                # Re-index the last p_day seasonal states by phase of day.
-                ph = phase_index(start, step_s, y.shape[0], DAY_S)[-p_day:]
-                prof = np.zeros(p_day)
-                prof[ph] = season
-                self._season.profiles.append((DAY_S, prof - prof.mean()))
-            elif self.seasonal == "mstl":
-                self._fit_mstl(y, start, step_s, p_day)
+            if self.seasonal != "none":
+                self._fit_season(full, start, step_s)
+            keep = min(full.shape[0], MAX_PARAM_FIT)
+            start = start + (full.shape[0] - keep) * step_s
+            y = full[-keep:]
             z = y - self._season.values(start, step_s, np.arange(y.shape[0], dtype=np.int64))
             res = ExponentialSmoothing(z, trend="add", damped_trend=True,
                                        initialization_method="estimated").fit()
@@ -228,12 +242,48 @@ class SeasonalHolt(PointForecaster):
         self.beta = float(np.clip(params["smoothing_trend"], 0.0, 1.0))
         self.phi = float(np.clip(params["damping_trend"], 0.0, 0.98))
 
+    def _fit_season(self, y: FloatArray, start: float, step_s: int) -> None:
+        """Seasonal profiles on windows of at most MAX_SEASON_STEPS a day, at `step_s`.
+
+        Steps finer than that (the service trains on one-minute steps) are averaged into
+        coarser windows for the fit and the profiles interpolated back, so the seasonal
+        models serve at every step instead of refusing below five minutes.
+        """
+        factor = max(1, -(-steps_per(DAY_S, step_s) // MAX_SEASON_STEPS))
+        yc, start_c, step_c = coarsen(y, start, step_s, factor)
+        keep = min(yc.shape[0], MAX_PARAM_FIT)
+        start_c += (yc.shape[0] - keep) * step_c
+        yc = yc[-keep:]
+        p_day = steps_per(DAY_S, step_c)
+        if self.seasonal == "hw":
+            self._fit_hw(yc, start_c, step_c, p_day)
+        else:
+            self._fit_mstl(yc, start_c, step_c, p_day)
+        if factor > 1:
+            self._season.profiles = [(period_s, upsample_profile(prof, step_c, step_s, period_s))
+                                     for period_s, prof in self._season.profiles]
+
+    def _fit_hw(self, y: FloatArray, start: float, step_s: int, p_day: int) -> None:
+        from statsmodels.tsa.holtwinters import ExponentialSmoothing
+
+        if y.shape[0] < 2 * p_day:
+            raise NotEnoughHistoryError(self.name, y.shape[0], 2 * p_day)
+        res = ExponentialSmoothing(y, trend="add", damped_trend=True, seasonal="add",
+                                   seasonal_periods=p_day,
+                                   initialization_method="heuristic").fit()
+        season = np.asarray(res.season)[-p_day:]
+        # Re-index the last p_day seasonal states by phase of day.
+        ph = phase_index(start, step_s, y.shape[0], DAY_S)[-p_day:]
+        prof = np.zeros(p_day)
+        prof[ph] = season
+        self._season.profiles.append((DAY_S, prof - prof.mean()))
+
     def _fit_mstl(self, y: FloatArray, start: float, step_s: int, p_day: int) -> None:
         from statsmodels.tsa.seasonal import MSTL
 
         # MSTL silently drops every period that is not shorter than half the series (and
         # then fails with an unbound local), so each period needs *more* than two cycles.
-        if p_day > 288 or y.shape[0] <= 2 * p_day:
+        if y.shape[0] <= 2 * p_day:
             raise NotEnoughHistoryError(self.name, y.shape[0], 2 * p_day + 1)
         periods = [p_day]
         p_week = steps_per(WEEK_S, step_s)

@@ -140,3 +140,18 @@ def test_recovery_from_an_outage_does_not_set_the_upper_quantiles(make: Make) ->
         out = model.predict(5, [0.5, 0.999])
         assert float(out[0.5][0]) > 100
         assert float((out[0.999] / out[0.5]).max()) < 2.5, model.name
+
+
+@pytest.mark.parametrize("kind", ["mstl", "hw"])
+def test_seasonal_models_serve_one_minute_steps(kind: str) -> None:
+    """The service trains on one-minute steps: the daily season (1,440 phases) is fitted on
+    10-minute means and interpolated back, instead of the model refusing to fit at all."""
+    rng = np.random.default_rng(0)
+    t = np.arange(10 * 1440)
+    truth = 50 * np.sin(2 * np.pi * t / 1440)
+    y = 100 + truth + rng.normal(0, 3, t.size)
+    model = SeasonalHolt(kind, 30).fit(History("v", 0.0, 60, y))
+    period_s, profile = model._season.profiles[0]
+    assert period_s == 86_400 and profile.shape == (1440,)
+    assert np.corrcoef(profile, truth[:1440])[0, 1] > 0.99
+    assert model.scores is not None and model.scores.mae < 5.0  # noise sd 3: little more
