@@ -171,6 +171,11 @@ def replay(
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
     else:
         out.print(render_table(result))
+        # How each policy ran (the predictive quantile, models, forecast and overload
+        # decisions): what a reader needs to trust or question the figures above.
+        for note in result.notes:
+            if not note.startswith("load jumps"):  # already under the table
+                out.print(note, markup=False, highlight=False)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 from rich.table import Table
 
+from controller.replay_forecast import MIN_WINDOWS
 from controller.replay_policies import (
     HPASettings,
     Oracle,
@@ -285,6 +286,10 @@ def run_policy(setup: ReplaySetup, name: str, slo_target: float = 0.99,
                 f"the forecast record, the rest by feedback); "
                 f"models {', '.join(models) or 'none'}; {pred.forecast_decisions} forecast "
                 f"decisions, {pred.overload_decisions} on overload")
+        if pred.forecast_decisions == 0:
+            note = (f"never forecast: it needs {MIN_WINDOWS} completed windows of "
+                    f"{setup.windows.step_s} s and the trace has {len(setup.windows)}, so the "
+                    "reactive fallback (the HPA) ran throughout; " + note)
     return PolicyOutcome.of(name, sim, fleet, note)
 
 
