@@ -111,8 +111,8 @@ def training_rows(y: FloatArray, start: float, step_s: int, horizon: int,
     """
     leads = train_leads(horizon)
     origins = _train_origins(y, horizon)
-    if last_rows is not None:
-        origins = origins[-max(1, -(-last_rows // leads.shape[0])):]
+    if last_rows is not None:  # the newest `horizon` origins lose rows to unknown targets
+        origins = origins[-(max(1, -(-last_rows // leads.shape[0])) + horizon):]
     x = build_features(y, start, step_s, origins, leads)
     target_idx = np.repeat(origins, leads.shape[0]) + np.tile(leads, origins.shape[0])
     scale = trailing_scale(y)[np.repeat(origins, leads.shape[0])]

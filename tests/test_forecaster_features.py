@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forecaster.models_lgbm import build_features, train_leads
+from forecaster.base import History
+from forecaster.calibrated import NaivePoint
+from forecaster.combination import Combination
+from forecaster.models_lgbm import build_features, train_leads, training_rows
+from forecaster.models_stats import LevelBlend
 
 floats = st.floats(min_value=0.0, max_value=1e4, allow_nan=False)
 
@@ -36,3 +42,31 @@ def test_feature_rows_are_origin_major_with_lead_first() -> None:
     x = build_features(y, 0.0, 600, np.array([50, 60], dtype=np.int64), leads)
     assert x.shape[0] == 4
     assert x[:, 0].tolist() == [1.0, 3.0, 1.0, 3.0]
+
+
+def test_training_rows_for_the_newest_origins_equal_the_tail_of_all_rows() -> None:
+    """The global model keeps a few hundred rows per variant: building only the newest
+    origins must give exactly the tail of all rows, including where the newest origins lose
+    rows to targets past the end."""
+    rng = np.random.default_rng(1)
+    y = 100 + 30 * np.sin(np.arange(5000) / 40) + rng.normal(0, 2, 5000)
+    x_all, t_all = training_rows(y, 0.0, 60, 30)
+    x, t = training_rows(y, 0.0, 60, 30, last_rows=200)
+    assert t.shape[0] >= 200
+    x, t = x[-200:], t[-200:]
+    assert np.array_equal(x, x_all[-x.shape[0]:]) and np.array_equal(t, t_all[-t.shape[0]:])
+
+
+def test_a_released_combination_keeps_only_its_own_calibration() -> None:
+    rng = np.random.default_rng(2)
+    y = 100 + 30 * np.sin(2 * np.pi * np.arange(2000) / 144) + rng.normal(0, 3, 2000)
+    h = History("v", 0.0, 600, y)
+    members = [NaivePoint(3).fit(h), LevelBlend(3).fit(h)]
+    combo = Combination(members)
+    before = combo.predict(3, [0.5, 0.9])
+    size = len(pickle.dumps(combo))
+    combo.release()
+    assert all(m._cal.errors.shape[0] == 0 for m in combo.members)
+    assert len(pickle.dumps(combo)) < 0.6 * size
+    after = combo.predict(3, [0.5, 0.9])
+    assert all(np.allclose(before[q], after[q]) for q in (0.5, 0.9))
