@@ -172,10 +172,10 @@ def replay(
     else:
         out.print(render_table(result))
         # How each policy ran (the predictive quantile, models, forecast and overload
-        # decisions): what a reader needs to trust or question the figures above.
+        # decisions) and how much the load jumps: what a reader needs to trust or question
+        # the figures above.
         for note in result.notes:
-            if not note.startswith("load jumps"):  # already under the table
-                out.print(note, markup=False, highlight=False)
+            out.print(note, markup=False, highlight=False)
 
 
 def main() -> None:

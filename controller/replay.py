@@ -392,9 +392,6 @@ def render_table(result: ReplayResult) -> Table:
             f"{_fmt(iso.reactive_target, '.0%')}, predictive/reactive GPU-hours "
             f"{_fmt(iso.gpu_hours_ratio_predictive_vs_reactive, '.2f')}"
             + ("" if iso.reactive_target is not None else " (no reactive target reached it)"))
-    jump = _jump_note(result.jump_at_budget, result.slo_target, f.cold_start_s)
-    if jump:
-        table.caption = f"{table.caption}\n{jump}" if table.caption else jump
     return table
 
 
