@@ -29,9 +29,9 @@ from models.decide import (
     DemandForecast,
     ScalingPolicy,
     ScalingState,
-    break_even_hold_s,
     decide,
     next_state,
+    scale_down_hold_s,
 )
 from models.headroom import (
     CALIBRATION_MARGIN,
@@ -242,9 +242,8 @@ class Predictive:
             provisioning_quantile=settings.provisioning_quantile,
             target_utilisation=settings.target_utilisation, tolerance=0.0,
             scale_up_pods=_BIG, scale_down_pods=_BIG,
-            scale_down_stabilisation_s=settings.scale_down_stabilisation_s
-            if settings.scale_down_stabilisation_s is not None
-            else break_even_hold_s(fleet.cold_start_s, step),
+            scale_down_stabilisation_s=scale_down_hold_s(settings.scale_down_stabilisation_s,
+                                                         fleet.cold_start_s, step),
             forecast_window_s=decision_interval_s)
         budget = 1.0 - settings.slo_target
         cap = fleet.capacity_rps

@@ -44,9 +44,9 @@ from models.decide import (
     Reason,
     ScalingPolicy,
     ScalingState,
-    break_even_hold_s,
     decide,
     next_state,
+    scale_down_hold_s,
 )
 from models.headroom import (
     CALIBRATION_MARGIN,
@@ -395,9 +395,9 @@ class Service:
             target_utilisation=b.target_utilisation, tolerance=b.tolerance,
             scale_up_pods=b.scale_up_pods, scale_up_period_s=b.scale_up_period_s,
             scale_down_pods=b.scale_down_pods, scale_down_period_s=b.scale_down_period_s,
-            scale_down_stabilisation_s=b.scale_down_stabilisation_s
-            if b.scale_down_stabilisation_s is not None
-            else break_even_hold_s(v.profile.cold_start_s, self.config.prometheus.step_s))
+            scale_down_stabilisation_s=scale_down_hold_s(
+                b.scale_down_stabilisation_s, v.profile.cold_start_s,
+                self.config.prometheus.step_s))
 
     def _live(self, name: str, now: float) -> LiveSignals | None:
         try:

@@ -294,17 +294,17 @@ class PointForecaster(ABC):
         cut = hold.n_cal
         err = hold.actual - hold.paths
         tried: dict[bool, tuple[FloatArray, FloatArray]] = {}
-        rel = {False: hold.errors(False), True: hold.errors(True)}
+        errs = {False: hold.errors(False), True: hold.errors(True)}
         for scaled in (False, True):
             unit = hold.scale if scaled else np.ones_like(hold.scale)
-            offs = _nanquantile_cols(rel[scaled][max(0, cut - MAX_CAL_ORIGINS):cut], q)
+            offs = _nanquantile_cols(errs[scaled][max(0, cut - MAX_CAL_ORIGINS):cut], q)
             upper = hold.paths[cut:] + unit[cut:] * offs[None, :]
             diff = hold.actual[cut:] - upper
             tried[scaled] = (upper, _row_nanmean(np.maximum(q * diff, (q - 1.0) * diff)))
         scaled = dm_upper(tried[True][1] - tried[False][1], self.horizon - 1) < 0.0
         upper = tried[scaled][0]
         actual = hold.actual[cut:]
-        self._cal = _Calibration(rel[scaled][-MAX_CAL_ORIGINS:], scaled)
+        self._cal = _Calibration(errs[scaled][-MAX_CAL_ORIGINS:], scaled)
         diff = actual - upper
         pin = _row_nanmean(np.maximum(q * diff, (q - 1.0) * diff))
         abs_err = _row_nanmean(np.abs(actual - hold.paths[cut:]))

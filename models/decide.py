@@ -299,6 +299,14 @@ def break_even_hold_s(cold_start_s: float, forecast_step_s: float) -> float:
     return max(cold_start_s, forecast_step_s)
 
 
+def scale_down_hold_s(configured: float | None, cold_start_s: float,
+                      forecast_step_s: float) -> float:
+    """The configured scale-down stabilisation, or `break_even_hold_s` when none is set."""
+    if configured is not None:
+        return configured
+    return break_even_hold_s(cold_start_s, forecast_step_s)
+
+
 def _pods_moved(state: ScalingState, now: float, period_s: float, up: bool) -> int:
     """Pods added (or removed) by scale events in the period ending now."""
     total = 0
