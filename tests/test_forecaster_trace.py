@@ -4,8 +4,11 @@ unusable series does not make the rest of a file unusable."""
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +101,142 @@ def test_backtest_cli_exits_2_without_a_traceback_when_nothing_can_be_scored(
     assert result.exit_code == 2
     assert "no series could be backtested" in result.output
     assert "Traceback" not in result.output
+
+
+# --- one rule for values that are not counts, gaps, limits (issue 14, issue 15) ---
+
+FORESCALE = Path(sys.executable).parent / "forescale"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(FORESCALE), *args], capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+@pytest.mark.parametrize(("cell", "shown"), [("inf", "'inf'"), ("-inf", "'-inf'"),
+                                             ("-1", "'-1'"), ("1e308", "'1e308'"),
+                                             ("2e12", "'2e12'"), ("lots", "'lots'")])
+def test_a_count_that_is_not_a_finite_number_within_the_limit_is_refused(
+        tmp_path: Path, cell: str, shown: str) -> None:
+    p = _write(tmp_path, HEADER + f"0,a,1\n600,a,{cell}\n1200,a,3\n")
+    with pytest.raises(TraceError, match=rf"t\.csv: line 3: column 'requests' has value {shown}"):
+        read_trace(p)
+
+
+def test_the_limits_are_per_column_and_inclusive(tmp_path: Path) -> None:
+    ok = _write(tmp_path, "timestamp_s,series,requests,input_tokens,output_tokens\n"
+                          "0,a,1e12,1e15,1\n600,a,1,1,1\n")
+    a = read_trace(ok)["a"]
+    assert a.requests[0] == 1e12 / 600 and a.input_tokens is not None
+    assert a.input_tokens[0] == 1e15 / 600
+    bad = _write(tmp_path, "timestamp_s,series,requests,input_tokens,output_tokens\n"
+                           "0,a,1,1,1\n600,a,1,1,1.1e15\n", "bad.csv")
+    with pytest.raises(TraceError, match=r"line 3: column 'output_tokens' has value '1.1e15', "
+                                         r"expected at most 1e\+15 per window"):
+        read_trace(bad)
+
+
+def test_an_empty_cell_and_nan_are_gaps_counted_on_the_series(tmp_path: Path) -> None:
+    p = _write(tmp_path, HEADER + "0,a,600\n600,a,\n1200,a,NaN\n1800,a,nan\n2400,a,0\n")
+    a = read_trace(p)["a"]
+    assert np.isnan(a.requests[1:4]).all()
+    assert a.requests[0] == 1.0 and a.requests[4] == 0.0  # a real zero stays a zero
+    assert a.gaps == 3
+
+
+def test_a_window_without_clients_or_requests_is_a_gap_not_idle(tmp_path: Path) -> None:
+    """ServeGen writes a window it has no data for as 0 requests from 0 active clients;
+    zero requests while clients are active is a real idle window."""
+    p = _write(tmp_path, "timestamp_s,series,requests,input_tokens,output_tokens,"
+                         "active_clients\n0,a,600,6,6,3\n600,a,0,0,0,0\n1200,a,0,0,0,2\n"
+                         "1800,a,600,6,6,3\n")
+    a = read_trace(p)["a"]
+    assert a.input_tokens is not None
+    assert math.isnan(a.requests[1]) and math.isnan(a.input_tokens[1])
+    assert a.requests[2] == 0.0 and a.input_tokens[2] == 0.0
+    assert a.gaps == 1
+    no_column = _write(tmp_path, HEADER + "0,a,600\n600,a,0\n1200,a,600\n", "plain.csv")
+    plain = read_trace(no_column)["a"]
+    assert plain.requests[1] == 0.0 and plain.gaps == 0
+
+
+def test_servegen_missing_windows_are_gaps_per_series(shared_data: Path) -> None:
+    """Counted from the file: m-small has 37 windows of 0 requests from 0 clients, m-mid 84,
+    m-large none; they are read as unknown, every other window keeps its load."""
+    trace = read_trace(shared_data / "servegen_per_10min.csv.gz")
+    assert {k: t.gaps for k, t in trace.items()} == {
+        "servegen-m-large": 0, "servegen-m-mid": 84, "servegen-m-small": 37,
+        "servegen-deepseek-r1": 0, "servegen-mm-image": 0}
+    small = trace["servegen-m-small"].requests
+    assert len(small) == 2016 and int(np.isnan(small).sum()) == 37
+    assert (small[np.isfinite(small)] > 0).all()
+
+
+def test_rows_missing_are_gaps_and_said_so_while_off_grid_times_are_refused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    p = _write(tmp_path, HEADER + "0,a,10\n20,a,20\n30,a,30\n")  # 10 s, the row at 10 missing
+    with caplog.at_level(logging.WARNING):
+        a = read_trace(p)["a"]
+    assert a.step_s == 10 and a.gaps == 1 and math.isnan(a.requests[1])
+    assert "series 'a': rows missing between 0 and 20 (1 window(s) of 10 s)" in caplog.text
+    off = _write(tmp_path, HEADER + "0,a,1\n20,a,1\n40,a,1\n60,a,1\n75,a,1\n", "off.csv")
+    with pytest.raises(TraceError, match="time 75 is off the 20 s grid"):
+        read_trace(off)
+
+
+def test_a_series_mostly_missing_is_refused_naming_the_widest_gap(tmp_path: Path) -> None:
+    """A typo in one timestamp must not make a grid of millions of empty windows."""
+    p = _write(tmp_path, HEADER + "0,a,1\n10,a,1\n20,a,1\n2000000,a,1\n")
+    with pytest.raises(TraceError, match=r"series 'a': rows missing between 20 and 2e\+06: "
+                                         r"199997 windows of 10 s missing against 4 present"):
+        read_trace(p)
+
+
+def test_a_timestamp_beyond_any_plausible_date_is_refused(tmp_path: Path) -> None:
+    p = _write(tmp_path, HEADER + "0,a,1\n1e300,a,1\n")
+    with pytest.raises(TraceError, match="line 3: column 'timestamp_s' has value '1e300'"):
+        read_trace(p)
+
+
+def test_a_directory_is_named_as_such(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match="is a directory, not a trace file"):
+        read_trace(tmp_path)
+    with pytest.raises(TraceError, match="no such trace file"):
+        read_trace(tmp_path / "absent.csv")
+
+
+def test_backtest_cli_says_a_directory_is_a_directory(tmp_path: Path) -> None:
+    result = _cli("backtest", "--data", str(tmp_path))
+    assert result.returncode == 2, result.stderr
+    assert f"{tmp_path}: is a directory" in " ".join(result.stderr.split())
+    assert "no such" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_backtest_cli_refuses_a_huge_count_naming_line_column_and_value(
+        tmp_path: Path) -> None:
+    rows = [f"{600 * k},a,{1000 + k}" for k in range(60)]
+    rows[41] = "24600,a,1e308"
+    p = _write(tmp_path, HEADER + "\n".join(rows) + "\n")
+    result = _cli("backtest", "--data", str(p))
+    text = " ".join(result.stderr.split())
+    assert result.returncode == 2, result.stderr
+    assert f"{p}: line 43: column 'requests' has value '1e308', expected at most 1e+12 per " \
+           "window" in text
+    assert "Traceback" not in result.stderr and "RuntimeWarning" not in result.stderr
+
+
+def test_backtest_cli_scores_a_trace_with_gaps_without_warnings(tmp_path: Path) -> None:
+    """Empty cells, NaN and missing rows are gaps the backtest steps over: it scores the
+    series, prints no numpy warning, and the rows missing are said once."""
+    rng = np.random.default_rng(1)
+    rows = [f"{600 * k},a,{int(rng.poisson(1000))}" for k in range(300)]
+    rows[100] = "60000,a,"
+    rows[101] = "60600,a,NaN"
+    del rows[200:203]
+    p = _write(tmp_path, HEADER + "\n".join(rows) + "\n")
+    result = _cli("backtest", "--data", str(p), "--json")
+    assert result.returncode == 0, result.stderr
+    assert "Warning:" not in result.stderr.replace("WARNING", "")
+    assert "rows missing between 119400 and 121800" in result.stderr
+    (row,) = json.loads(result.stdout)["series"]
+    assert row["name"] == "a" and row["mae"] > 0
