@@ -35,6 +35,7 @@ Use it as a context manager, or through the `k8s_api` pytest fixture defined her
 from __future__ import annotations
 
 import asyncio
+import builtins
 import copy
 import json
 import re
@@ -52,8 +53,10 @@ from typing import Any
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from kubernetes import client as k8s_client
+
+from tests.support.k8s_schema import FieldError, SchemaError, StructuralSchema
 
 JSON = dict[str, Any]
 Scope = MutableMapping[str, Any]
@@ -81,6 +84,7 @@ class ResourceType:
     kind: str
     tracks_generation: bool = False
     subresources: frozenset[str] = frozenset()
+    namespaced: bool = True
 
     @property
     def api_version(self) -> str:
@@ -93,6 +97,10 @@ class ResourceType:
 
 
 DEPLOYMENTS = ResourceType("apps", "v1", "deployments", "Deployment", True, frozenset({"scale"}))
+STATEFULSETS = ResourceType("apps", "v1", "statefulsets", "StatefulSet", True,
+                            frozenset({"scale"}))
+CRDS = ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions",
+                    "CustomResourceDefinition", True, frozenset({"status"}), namespaced=False)
 HPAS = ResourceType(
     "autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True
 )
@@ -103,8 +111,10 @@ CONFIGMAPS = ResourceType("", "v1", "configmaps", "ConfigMap")
 
 SERVED: dict[tuple[str, str, str], ResourceType] = {
     (r.group, r.version, r.plural): r
-    for r in (DEPLOYMENTS, HPAS, LEASES, EVENTS, CORE_EVENTS, CONFIGMAPS)
+    for r in (DEPLOYMENTS, STATEFULSETS, HPAS, LEASES, EVENTS, CORE_EVENTS, CONFIGMAPS, CRDS)
 }
+#: Workloads whose scale subresource the emulator serves from `spec.replicas`/`spec.selector`.
+BUILTIN_SCALABLE = (DEPLOYMENTS, STATEFULSETS)
 
 _PATH = re.compile(
     r"^/(?:api/(?P<core_version>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
@@ -137,7 +147,8 @@ def resolve(method: str, path: str, query: Mapping[str, str]) -> RequestInfo | N
         return None
     name = m["name"] or ""
     if method == "GET":
-        verb = "get" if name else ("watch" if query.get("watch") in ("1", "true") else "list")
+        watch = str(query.get("watch", "")).lower() in ("1", "true")
+        verb = "get" if name else ("watch" if watch else "list")
     else:
         verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
             method, method.lower()
@@ -355,7 +366,8 @@ def conflict(rt: ResourceType, name: str) -> ApiError:
 
 
 def invalid(rt: ResourceType, name: str, field_path: str, problem: str) -> ApiError:
-    kind = "Scale" if field_path.startswith("spec.replicas") and rt is DEPLOYMENTS else rt.kind
+    kind = "Scale" if field_path.startswith("spec.replicas") and rt in BUILTIN_SCALABLE \
+        else rt.kind
     group = "autoscaling" if kind == "Scale" else rt.group
     return ApiError(
         422,
@@ -363,6 +375,21 @@ def invalid(rt: ResourceType, name: str, field_path: str, problem: str) -> ApiEr
         f'{kind}{"." + group if group else ""} "{name}" is invalid: {field_path}: {problem}',
         {"name": name, "group": group, "kind": kind,
          "causes": [{"reason": "FieldValueInvalid", "message": problem, "field": field_path}]},
+    )
+
+
+def invalid_causes(kind: str, group: str, name: str, errors: Sequence[FieldError]) -> ApiError:
+    """A 422 listing every problem, worded as the server words a multi-error `Invalid`:
+    `Kind.group "name" is invalid: [a: ..., b: ...]` (no brackets for one problem)."""
+    rendered = [e.render() for e in errors]
+    text = rendered[0] if len(rendered) == 1 else "[" + ", ".join(rendered) + "]"
+    return ApiError(
+        422,
+        "Invalid",
+        f'{kind}{"." + group if group else ""} "{name}" is invalid: {text}',
+        {"name": name, "group": group, "kind": kind,
+         "causes": [{"reason": e.reason, "message": e.message, "field": e.field}
+                    for e in errors]},
     )
 
 
@@ -569,21 +596,54 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: Watch events kept for `?watch=1&resourceVersion=N`; older versions get 410 Gone, as after
+#: the real server's watch cache (and etcd compaction) dropped them.
+WATCH_HISTORY = 1000
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change, as a watch stream reports it: the object after the change (for DELETED,
+    the last state with the deletion's resourceVersion)."""
+
+    revision: int
+    type: str
+    rt: ResourceType
+    namespace: str
+    obj: JSON
+
+
 class Store:
     """Objects keyed by (resource, namespace, name), with one global resourceVersion counter.
 
     The lock makes each read-modify-write atomic, which is the guarantee etcd's transactions
     give kube-apiserver and what optimistic concurrency on resourceVersion is checked against.
+    Every write also lands in `history` (bounded), which is what watch streams replay.
     """
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.objects: dict[tuple[ResourceType, str, str], JSON] = {}
         self.revision = 0
+        self.history: list[WatchEvent] = []
+        self.compacted = 0  # events up to this revision are no longer in `history`
 
     def next_revision(self) -> str:
         self.revision += 1
         return str(self.revision)
+
+    def emit(self, kind: str, rt: ResourceType, namespace: str, obj: JSON) -> None:
+        """Record a change for watchers (call under `lock`, after the write)."""
+        self.history.append(WatchEvent(int(obj["metadata"]["resourceVersion"]), kind, rt,
+                                       namespace, copy.deepcopy(obj)))
+        if len(self.history) > WATCH_HISTORY:
+            self.compacted = self.history.pop(0).revision
+
+    def compact(self) -> None:
+        """Forget every past event, so a watch from any earlier version gets 410 Gone."""
+        with self.lock:
+            self.history.clear()
+            self.compacted = self.revision
 
 
 def _validate_deployment(obj: JSON, name: str) -> None:
@@ -620,11 +680,217 @@ def _validate_event(obj: JSON, name: str) -> None:
         raise invalid(EVENTS, name, "note", "Too long: must have at most 1024 bytes")
 
 
+def _validate_statefulset(obj: JSON, name: str) -> None:
+    """apps/v1 StatefulSet: the same selector and replicas rules as a Deployment."""
+    try:
+        _validate_deployment(obj, name)
+    except ApiError as exc:
+        raise ApiError(exc.code, exc.reason, exc.message.replace("Deployment.apps",
+                                                                 "StatefulSet.apps"),
+                       {**(exc.details or {}), "kind": "StatefulSet"}) from None
+
+
 VALIDATORS: dict[ResourceType, Callable[[JSON, str], None]] = {
     DEPLOYMENTS: _validate_deployment,
+    STATEFULSETS: _validate_statefulset,
     HPAS: _validate_hpa,
     EVENTS: _validate_event,
 }
+
+
+# --------------------------------------------------------------------------- custom resources
+
+
+def _json_path(path: str) -> list[str]:
+    """`.spec.replicas` -> ["spec", "replicas"]: the simple JSONPaths scale subresources use."""
+    return [p for p in path.split(".") if p]
+
+
+def get_path(obj: JSON, path: str) -> Any:
+    node: Any = obj
+    for key in _json_path(path):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def set_path(obj: JSON, path: str, value: Any) -> None:
+    keys = _json_path(path)
+    node = obj
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+
+
+@dataclass
+class CustomResource:
+    """What a registered CRD makes the server serve: one ResourceType per served version,
+    objects stored once (under the storage version; conversion `None` rewrites apiVersion)."""
+
+    crd_name: str
+    group: str
+    kind: str
+    list_kind: str
+    plural: str
+    singular: str
+    short_names: list[str]
+    categories: list[str]
+    namespaced: bool
+    storage: ResourceType
+    served: dict[str, ResourceType]
+    schemas: dict[str, StructuralSchema]
+    status: bool
+    scale: JSON | None
+    columns: dict[str, list[JSON]]
+
+    def spec_part(self, obj: JSON) -> JSON:
+        """What `metadata.generation` tracks: everything but metadata (and status, when it is a
+        subresource), as the apiextensions-apiserver's strategy compares."""
+        skip = {"metadata", "status"} if self.status else {"metadata"}
+        return {k: v for k, v in obj.items() if k not in skip}
+
+
+def _crd_field(errors: list[FieldError], field_path: str, message: str,
+               reason: str = "FieldValueInvalid") -> None:
+    errors.append(FieldError(field_path, reason, message))
+
+
+def _crd_names(crd: JSON, errors: list[FieldError]) -> tuple[JSON, JSON]:
+    spec: JSON = crd.get("spec") or {}
+    group, names = spec.get("group") or "", spec.get("names") or {}
+    if not group or "." not in group:
+        _crd_field(errors, "spec.group", f'Invalid value: "{group}": should be a domain with at '
+                   "least one dot")
+    for key in ("plural", "kind"):
+        if not names.get(key):
+            _crd_field(errors, f"spec.names.{key}", "Required value", "FieldValueRequired")
+    expected = f"{names.get('plural', '')}.{group}"
+    if crd["metadata"].get("name") != expected:
+        _crd_field(errors, "metadata.name", f'Invalid value: "{crd["metadata"].get("name")}": '
+                   'must be spec.names.plural+"."+spec.group')
+    if spec.get("scope") not in ("Namespaced", "Cluster"):
+        _crd_field(errors, "spec.scope", f'Unsupported value: "{spec.get("scope")}": supported '
+                   'values: "Cluster", "Namespaced"', "FieldValueNotSupported")
+    return spec, names
+
+
+def _crd_scale(sub: JSON, at: str, errors: list[FieldError]) -> JSON | None:
+    scale = sub.get("scale")
+    if scale is None:
+        return None
+    if not str(scale.get("specReplicasPath", "")).startswith(".spec."):
+        _crd_field(errors, f"{at}.scale.specReplicasPath", "Invalid value: should be a json "
+                   "path under .spec")
+    if not str(scale.get("statusReplicasPath", "")).startswith(".status."):
+        _crd_field(errors, f"{at}.scale.statusReplicasPath", "Invalid value: should be a json "
+                   "path under .status")
+    selector = scale.get("labelSelectorPath")
+    if selector is not None and not str(selector).startswith((".spec.", ".status.")):
+        _crd_field(errors, f"{at}.scale.labelSelectorPath", "Invalid value: should be a json "
+                   "path under either .spec or .status")
+    return dict(scale)
+
+
+def parse_crd(crd: JSON) -> CustomResource:
+    """Check a CustomResourceDefinition as the apiextensions-apiserver does on create/update
+    (for the parts forescale uses) and compile its schemas and CEL rules; 422 otherwise."""
+    errors: list[FieldError] = []
+    spec, names = _crd_names(crd, errors)
+    versions = spec.get("versions") or []
+    if not versions or sum(bool(v.get("storage")) for v in versions) != 1:
+        _crd_field(errors, "spec.versions", "Invalid value: must have exactly one version marked "
+                   "as storage version")
+    group, plural, kind = spec.get("group", ""), names.get("plural", ""), names.get("kind", "")
+    served: dict[str, ResourceType] = {}
+    schemas: dict[str, StructuralSchema] = {}
+    storage: ResourceType | None = None
+    status, scale, columns = False, None, {}
+    for i, ver in enumerate(versions):
+        at = f"spec.versions[{i}]"
+        sub = ver.get("subresources") or {}
+        ver_status = "status" in sub
+        ver_scale = _crd_scale(sub, f"{at}.subresources", errors)
+        raw_schema = (ver.get("schema") or {}).get("openAPIV3Schema")
+        if raw_schema is None:
+            _crd_field(errors, f"{at}.schema.openAPIV3Schema", "Required value: schemas are "
+                       "required", "FieldValueRequired")
+            continue
+        try:
+            schemas[ver["name"]] = StructuralSchema(raw_schema, f"{at}.schema.openAPIV3Schema")
+        except SchemaError as exc:
+            errors.extend(exc.errors)
+        subs = {name for name, on in (("status", ver_status), ("scale", ver_scale)) if on}
+        rt = ResourceType(group, ver["name"], plural, kind, True, frozenset(subs),
+                          namespaced=spec.get("scope") == "Namespaced")
+        if ver.get("served", True):
+            served[ver["name"]] = rt
+        if ver.get("storage"):
+            storage, status, scale = rt, ver_status, ver_scale
+        columns[ver["name"]] = list(ver.get("additionalPrinterColumns") or [])
+    if errors or storage is None:
+        raise invalid_causes("CustomResourceDefinition", CRDS.group,
+                             crd["metadata"].get("name", ""), errors)
+    return CustomResource(
+        crd_name=crd["metadata"]["name"], group=group, kind=kind,
+        list_kind=names.get("listKind") or f"{kind}List", plural=plural,
+        singular=names.get("singular") or kind.lower(),
+        short_names=list(names.get("shortNames") or []),
+        categories=list(names.get("categories") or []),
+        namespaced=spec.get("scope") == "Namespaced", storage=storage, served=served,
+        schemas=schemas, status=status, scale=scale, columns=columns,
+    )
+
+
+def _crd_status(crd: JSON, now: str) -> JSON:
+    """What the apiextensions controllers write once names are accepted: Established."""
+    spec = crd["spec"]
+    storage = next(v["name"] for v in spec["versions"] if v.get("storage"))
+    return {
+        "acceptedNames": dict(spec["names"]),
+        "conditions": [
+            {"type": t, "status": "True", "reason": r, "message": m, "lastTransitionTime": now}
+            for t, r, m in (("NamesAccepted", "NoConflicts", "no conflicts found"),
+                            ("Established", "InitialNamesAccepted",
+                             "the initial names have been accepted"))
+        ],
+        "storedVersions": [storage],
+    }
+
+
+_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+
+
+def _api_resource(rt: ResourceType, singular: str, short: Sequence[str] = (),
+                  categories: Sequence[str] = ()) -> list[JSON]:
+    """Discovery entries (APIResource) of one resource and its subresources."""
+    out: list[JSON] = [{"name": rt.plural, "singularName": singular, "namespaced": rt.namespaced,
+                        "kind": rt.kind, "verbs": _VERBS}]
+    if short:
+        out[0]["shortNames"] = list(short)
+    if categories:
+        out[0]["categories"] = list(categories)
+    for sub in sorted(rt.subresources):
+        entry: JSON = {"name": f"{rt.plural}/{sub}", "singularName": "",
+                       "namespaced": rt.namespaced, "kind": rt.kind,
+                       "verbs": ["get", "patch", "update"]}
+        if sub == "scale":
+            entry.update(kind="Scale", group="autoscaling", version="v1")
+        out.append(entry)
+    return out
+
+
+@dataclass
+class WatchRequest:
+    """A watch the handler turns into a stream (see `K8sEmulator._stream`)."""
+
+    served: ResourceType
+    stored: ResourceType
+    namespace: str
+    label_selector: str
+    name: str
+    resource_version: str
+    timeout_s: float
 
 
 # --------------------------------------------------------------------------- the emulator
@@ -637,12 +903,15 @@ class K8sEmulator:
         self.host = host
         self.store = Store()
         self._tokens: dict[str, Identity] = {ADMIN_TOKEN: Identity(ADMIN_USER, ALLOW_ALL)}
-        self._faults: list[Fault] = []
-        self._log: list[RecordedRequest] = []
-        self._clients: list[k8s_client.ApiClient] = []
+        self._faults: builtins.list[Fault] = []
+        self._log: builtins.list[RecordedRequest] = []
+        self._clients: builtins.list[k8s_client.ApiClient] = []
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
+        self._crds: dict[str, CustomResource] = {}
+        #: (group, version, plural) -> (its CRD, the ResourceType that version serves)
+        self._custom: dict[tuple[str, str, str], tuple[CustomResource, ResourceType]] = {}
         self.app = self._build_app()
 
     # ----------------------------------------------------------------- lifecycle
@@ -793,7 +1062,7 @@ class K8sEmulator:
     # ----------------------------------------------------------------- test helpers
 
     @property
-    def requests_log(self) -> list[RecordedRequest]:
+    def requests_log(self) -> builtins.list[RecordedRequest]:
         with self.store.lock:
             return list(self._log)
 
@@ -834,10 +1103,59 @@ class K8sEmulator:
         }
         return self.create(HPAS, namespace, body)
 
+    def seed_statefulset(self, namespace: str, name: str, replicas: int = 1,
+                         labels: Mapping[str, str] | None = None) -> JSON:
+        """Create an apps/v1 StatefulSet directly in the store; returns a copy."""
+        labels = dict(labels or {"app": name})
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {
+                "replicas": replicas,
+                "serviceName": name,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "server", "image": "vllm/vllm-openai"}]},
+                },
+            },
+        }
+        return self.create(STATEFULSETS, namespace, body)
+
+    def install_crd(self, crd: Mapping[str, Any]) -> JSON:
+        """Register a CustomResourceDefinition directly (no HTTP, no RBAC), as `kubectl apply`
+        of a CRD manifest would; its resources are served at once (Established)."""
+        return self.create(CRDS, "", copy.deepcopy(dict(crd)))
+
+    def seed_custom(self, api_version: str, plural: str, namespace: str, body: JSON) -> JSON:
+        """Create a custom object directly (validated against its CRD, no HTTP, no RBAC)."""
+        group, _, version = api_version.rpartition("/")
+        rt = self._served(group, version, plural)
+        if rt is None:
+            raise KeyError(f"{plural}.{group}/{version} is not served: install its CRD first")
+        return self.create(rt, namespace, copy.deepcopy(body))
+
+    def set_custom_status(self, api_version: str, plural: str, namespace: str, name: str,
+                          status: JSON) -> JSON:
+        """Write a custom object's status as its own controller would (status subresource)."""
+        group, _, version = api_version.rpartition("/")
+        rt = self._served(group, version, plural)
+        current = self.get(rt, namespace, name) if rt else None
+        if rt is None or current is None:
+            raise KeyError(f"{plural}.{group} {namespace}/{name} does not exist")
+        return self.update(rt, namespace, name, {**current, "status": status},
+                           subresource="status" if "status" in rt.subresources else "")
+
+    def compact(self) -> None:
+        """Drop the watch history: a watch from any earlier resourceVersion gets 410 Gone."""
+        self.store.compact()
+
     def get(self, rt: ResourceType, namespace: str, name: str) -> JSON | None:
+        crd = self.custom_resource(rt)
         with self.store.lock:
-            obj = self.store.objects.get((rt, namespace, name))
-            return copy.deepcopy(obj) if obj is not None else None
+            obj = self.store.objects.get((crd.storage if crd else rt, namespace, name))
+            return self._present(rt, obj) if obj is not None else None
 
     def deployment(self, namespace: str, name: str) -> JSON | None:
         """The stored Deployment (a copy), or None."""
@@ -846,7 +1164,7 @@ class K8sEmulator:
     def lease(self, namespace: str, name: str) -> JSON | None:
         return self.get(LEASES, namespace, name)
 
-    def events(self, namespace: str | None = None) -> list[JSON]:
+    def events(self, namespace: str | None = None) -> builtins.list[JSON]:
         """Every stored Event (events.k8s.io/v1 and core v1), oldest first."""
         with self.store.lock:
             found = [
@@ -858,7 +1176,66 @@ class K8sEmulator:
 
     # ----------------------------------------------------------------- semantics
 
-    def create(self, rt: ResourceType, namespace: str, body: JSON) -> JSON:
+    def custom_resource(self, rt: ResourceType) -> CustomResource | None:
+        """The CRD behind a served or stored custom ResourceType, or None for built-ins."""
+        with self.store.lock:
+            entry = self._custom.get((rt.group, rt.version, rt.plural))
+            return entry[0] if entry else None
+
+    def _served(self, group: str, version: str, plural: str) -> ResourceType | None:
+        with self.store.lock:
+            entry = self._custom.get((group, version, plural))
+        return entry[1] if entry else SERVED.get((group, version, plural))
+
+    def _register(self, crd: JSON) -> None:
+        """Serve (or re-serve, after an update) the resources a stored CRD defines."""
+        parsed = parse_crd(crd)
+        with self.store.lock:
+            self._unregister(parsed.crd_name)
+            self._crds[parsed.crd_name] = parsed
+            for version, rt in parsed.served.items():
+                self._custom[(parsed.group, version, parsed.plural)] = (parsed, rt)
+            self._custom[(parsed.group, parsed.storage.version, parsed.plural)] = (
+                parsed, parsed.served.get(parsed.storage.version, parsed.storage))
+
+    def _unregister(self, crd_name: str) -> CustomResource | None:
+        with self.store.lock:
+            old = self._crds.pop(crd_name, None)
+            if old is not None:
+                for key in [k for k, (c, _) in self._custom.items() if c is old]:
+                    del self._custom[key]
+            return old
+
+    def _admit_custom(self, crd: CustomResource, served: ResourceType, obj: JSON,
+                      current: JSON | None, subresource: str, strict: bool) -> JSON:
+        """Status subresource split, defaults, pruning and validation of a custom object.
+
+        With a status subresource, the main resource ignores `status` and `/status` ignores
+        everything else, exactly as the apiextensions-apiserver's two strategies do.
+        """
+        if subresource == "status":
+            assert current is not None
+            admitted = copy.deepcopy(current)
+            admitted.pop("status", None)
+            if "status" in obj:
+                admitted["status"] = copy.deepcopy(obj["status"])
+        else:
+            admitted = obj
+            if crd.status:
+                admitted.pop("status", None)
+                if current is not None and "status" in current:
+                    admitted["status"] = copy.deepcopy(current["status"])
+        schema = crd.schemas[served.version]
+        admitted, removed = schema.prune(schema.default(admitted))
+        if strict and removed:
+            raise bad_request("strict decoding error: " + ", ".join(
+                f'unknown field "{r}"' for r in removed))
+        errors = schema.validate(admitted)
+        if errors:
+            raise invalid_causes(crd.kind, crd.group, admitted["metadata"]["name"], errors)
+        return admitted
+
+    def create(self, rt: ResourceType, namespace: str, body: JSON, strict: bool = False) -> JSON:
         meta = body.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
@@ -871,23 +1248,41 @@ class K8sEmulator:
                               "namespace sent on the request")
         if rt in VALIDATORS:
             VALIDATORS[rt](body, name)
+        if rt is CRDS:
+            parse_crd(body)  # refuse before storing anything
+        crd = self.custom_resource(rt)
+        stored_rt = crd.storage if crd else rt
         with self.store.lock:
-            if (rt, namespace, name) in self.store.objects:
+            if (stored_rt, namespace, name) in self.store.objects:
                 raise already_exists(rt, name)
             obj = copy.deepcopy(body)
             obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
+            obj["metadata"]["name"] = name
+            if crd is not None:
+                obj = self._admit_custom(crd, rt, obj, None, "", strict)
             meta = obj["metadata"]
             meta.update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=_now(),
                         resourceVersion=self.store.next_revision())
+            if not rt.namespaced:
+                meta.pop("namespace")
             if rt.tracks_generation:
                 meta["generation"] = 1
             self._settle(rt, obj, None)
-            self.store.objects[(rt, namespace, name)] = obj
-            return copy.deepcopy(obj)
+            self.store.objects[(stored_rt, namespace, name)] = obj
+            self.store.emit("ADDED", stored_rt, namespace, obj)
+            if rt is CRDS:
+                self._register(obj)
+            return self._present(rt, obj)
+
+    def _present(self, served: ResourceType, obj: JSON) -> JSON:
+        """A copy of a stored object as the version it is read through shows it."""
+        out = copy.deepcopy(obj)
+        out["apiVersion"] = served.api_version
+        return out
 
     def _settle(self, rt: ResourceType, obj: JSON, old: JSON | None) -> None:
         """Server-side consequences of a write: status kept or derived (instant controller)."""
-        if rt is DEPLOYMENTS:
+        if rt in BUILTIN_SCALABLE:
             spec = obj.setdefault("spec", {})
             spec.setdefault("replicas", 1)
             n = spec["replicas"]
@@ -895,15 +1290,26 @@ class K8sEmulator:
                 "observedGeneration": obj["metadata"].get("generation", 1),
                 "replicas": n, "updatedReplicas": n, "readyReplicas": n, "availableReplicas": n,
             }
+            if rt is STATEFULSETS:
+                obj["status"]["currentReplicas"] = n
         elif rt is HPAS:
             obj["status"] = (old or {}).get("status", {"currentReplicas": 0, "desiredReplicas": 0})
+        elif rt is CRDS:
+            obj["status"] = _crd_status(obj, _now())
+
+    def _generation_changed(self, rt: ResourceType, crd: CustomResource | None, obj: JSON,
+                            current: JSON) -> bool:
+        if crd is not None:
+            return crd.spec_part(obj) != crd.spec_part(current)
+        return bool(obj.get("spec") != current.get("spec"))
 
     def update(self, rt: ResourceType, namespace: str, name: str, body: JSON,
-               base: JSON | None = None) -> JSON:
+               base: JSON | None = None, subresource: str = "", strict: bool = False) -> JSON:
         """Replace an object, with the optimistic-concurrency check on resourceVersion.
 
         An update that changes nothing is not written (the resourceVersion stays), as the real
-        server's GuaranteedUpdate does.
+        server's GuaranteedUpdate does. `subresource="status"` writes only the status of a
+        custom object.
         """
         meta = body.get("metadata") or {}
         if meta.get("name", name) != name:
@@ -911,8 +1317,12 @@ class K8sEmulator:
                               f"name on the URL ({name})")
         if rt in VALIDATORS:
             VALIDATORS[rt](body, name)
+        if rt is CRDS:
+            parse_crd({**body, "metadata": {**meta, "name": name}})
+        crd = self.custom_resource(rt)
+        stored_rt = crd.storage if crd else rt
         with self.store.lock:
-            current = self.store.objects.get((rt, namespace, name))
+            current = self.store.objects.get((stored_rt, namespace, name))
             if current is None:
                 raise not_found(rt, name)
             if base is not None and base["metadata"]["resourceVersion"] != (
@@ -923,81 +1333,171 @@ class K8sEmulator:
             if wanted_rv and wanted_rv != current["metadata"]["resourceVersion"]:
                 raise conflict(rt, name)
             obj = copy.deepcopy(body)
-            obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
+            obj["apiVersion"], obj["kind"] = stored_rt.api_version, rt.kind
             keep = {k: current["metadata"][k] for k in
                     ("uid", "creationTimestamp", "namespace", "generation", "resourceVersion")
                     if k in current["metadata"]}
             obj["metadata"] = {**obj.get("metadata", {}), **keep, "name": name}
-            if rt.tracks_generation and obj.get("spec") != current.get("spec"):
+            if crd is not None:
+                obj = self._admit_custom(crd, rt, obj, current, subresource, strict)
+            if rt.tracks_generation and self._generation_changed(rt, crd, obj, current):
                 obj["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
             self._settle(rt, obj, current)
             if obj == current:
-                return copy.deepcopy(current)
+                return self._present(rt, current)
             obj["metadata"]["resourceVersion"] = self.store.next_revision()
-            self.store.objects[(rt, namespace, name)] = obj
-            return copy.deepcopy(obj)
+            self.store.objects[(stored_rt, namespace, name)] = obj
+            self.store.emit("MODIFIED", stored_rt, namespace, obj)
+            if rt is CRDS:
+                self._register(obj)
+            return self._present(rt, obj)
 
-    def scale_of(self, dep: JSON) -> JSON:
-        """The autoscaling/v1 Scale view of a Deployment, as the scale subresource serves it."""
-        meta = dep["metadata"]
+    def scale_of(self, obj: JSON, rt: ResourceType = DEPLOYMENTS) -> JSON:
+        """The autoscaling/v1 Scale view of a workload, as its scale subresource serves it:
+        `spec.replicas`/`spec.selector` for Deployments and StatefulSets, the CRD's
+        specReplicasPath/statusReplicasPath/labelSelectorPath for custom resources."""
+        meta = obj["metadata"]
+        crd = self.custom_resource(rt)
+        if crd is not None and crd.scale is not None:
+            selector_path = crd.scale.get("labelSelectorPath")
+            selector = get_path(obj, selector_path) if selector_path else None
+            spec_n = get_path(obj, crd.scale["specReplicasPath"])
+            status_n = get_path(obj, crd.scale["statusReplicasPath"])
+            spec: JSON = {"replicas": spec_n if isinstance(spec_n, int) else 0}
+            status: JSON = {"replicas": status_n if isinstance(status_n, int) else 0}
+            if isinstance(selector, str) and selector:
+                status["selector"] = selector
+        else:
+            spec = {"replicas": obj["spec"].get("replicas", 1)}
+            status = {"replicas": obj.get("status", {}).get("replicas", 0),
+                      "selector": selector_string(obj["spec"].get("selector"))}
         return {
             "kind": "Scale",
             "apiVersion": "autoscaling/v1",
             "metadata": {k: meta[k] for k in
-                         ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")},
-            "spec": {"replicas": dep["spec"].get("replicas", 1)},
-            "status": {
-                "replicas": dep.get("status", {}).get("replicas", 0),
-                "selector": selector_string(dep["spec"].get("selector")),
-            },
+                         ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                         if k in meta},
+            "spec": spec,
+            "status": status,
         }
 
     def update_scale(
-        self, namespace: str, name: str, scale: JSON, base: JSON | None = None
+        self, namespace: str, name: str, scale: JSON, base: JSON | None = None,
+        rt: ResourceType = DEPLOYMENTS,
     ) -> JSON:
-        """Write a Scale back to its Deployment: only spec.replicas changes."""
+        """Write a Scale back to its workload: only the replicas (spec path) change."""
         meta = scale.get("metadata") or {}
         if meta.get("name", name) != name:
             raise bad_request(f"the name of the object ({meta.get('name')}) does not match the "
                               f"name on the URL ({name})")
         replicas = (scale.get("spec") or {}).get("replicas")
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
-            raise invalid(DEPLOYMENTS, name, "spec.replicas",
-                          f"Invalid value: {replicas!r}: must be greater than or equal to 0")
+            raise invalid_causes("Scale", "autoscaling", name, [FieldError(
+                "spec.replicas", "FieldValueInvalid",
+                f"Invalid value: {replicas!r}: must be greater than or equal to 0")])
+        crd = self.custom_resource(rt)
+        stored_rt = crd.storage if crd else rt
         with self.store.lock:
-            current = self.store.objects.get((DEPLOYMENTS, namespace, name))
+            current = self.store.objects.get((stored_rt, namespace, name))
             if current is None:
-                raise not_found(DEPLOYMENTS, name)
+                raise not_found(rt, name)
             rv = current["metadata"]["resourceVersion"]
             stale_base = base is not None and base["metadata"]["resourceVersion"] != rv
             if stale_base or (meta.get("resourceVersion") and meta["resourceVersion"] != rv):
-                raise conflict(DEPLOYMENTS, name)
-            dep = copy.deepcopy(current)
-            dep["spec"]["replicas"] = replicas
-            dep["metadata"]["resourceVersion"] = ""  # checked above, under the same lock
-            updated = self.update(DEPLOYMENTS, namespace, name, dep)
-            return self.scale_of(updated)
+                raise conflict(rt, name)
+            obj = copy.deepcopy(current)
+            if crd is not None and crd.scale is not None:
+                set_path(obj, crd.scale["specReplicasPath"], replicas)
+            else:
+                obj["spec"]["replicas"] = replicas
+            obj["metadata"]["resourceVersion"] = ""  # checked above, under the same lock
+            updated = self.update(rt, namespace, name, obj)
+            return self.scale_of(updated, rt)
 
     def delete(self, rt: ResourceType, namespace: str, name: str) -> JSON:
+        crd = self.custom_resource(rt)
+        stored_rt = crd.storage if crd else rt
         with self.store.lock:
-            if self.store.objects.pop((rt, namespace, name), None) is None:
+            obj = self.store.objects.pop((stored_rt, namespace, name), None)
+            if obj is None:
                 raise not_found(rt, name)
-            self.store.next_revision()
+            obj["metadata"]["resourceVersion"] = self.store.next_revision()
+            self.store.emit("DELETED", stored_rt, namespace, obj)
+            if rt is CRDS:
+                gone = self._unregister(name)
+                for key in [k for k in self.store.objects if gone and k[0] is gone.storage]:
+                    dropped = self.store.objects.pop(key)
+                    dropped["metadata"]["resourceVersion"] = self.store.next_revision()
+                    self.store.emit("DELETED", key[0], key[1], dropped)
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                 "details": _details(rt, name)}
 
     def list(self, rt: ResourceType, namespace: str, selector: str) -> JSON:
+        crd = self.custom_resource(rt)
+        stored_rt = crd.storage if crd else rt
         with self.store.lock:
             items = [
-                copy.deepcopy(obj)
+                self._present(rt, obj)
                 for (r, ns, _), obj in sorted(self.store.objects.items(),
                                               key=lambda kv: (kv[0][1], kv[0][2]))
-                if r is rt and (not namespace or ns == namespace)
+                if r is stored_rt and (not namespace or ns == namespace)
                 and matches_selector(selector, obj["metadata"].get("labels") or {})
             ]
             revision = str(self.store.revision)
-        return {"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
+        list_kind = crd.list_kind if crd else f"{rt.kind}List"
+        return {"kind": list_kind, "apiVersion": rt.api_version,
                 "metadata": {"resourceVersion": revision}, "items": items}
+
+    # ----------------------------------------------------------------- discovery
+
+    def _discovery(self, path: str) -> JSON | None:
+        """`/version`, `/api`, `/api/v1`, `/apis` and `/apis/GROUP/VERSION`, as the HPA's
+        RESTMapper and the client's DynamicClient read them; None for other paths."""
+        path = path.rstrip("/")
+        if path == "/version":
+            return {"major": "1", "minor": "30", "gitVersion": "v1.30.0-forescale-emulator",
+                    "platform": "linux/amd64"}
+        if path == "/api":
+            return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+                {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:0"}]}
+        groups = self._groups()
+        if path == "/apis":
+            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+                {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v}
+                                         for v in versions],
+                 "preferredVersion": {"groupVersion": f"{g}/{versions[0]}",
+                                      "version": versions[0]}}
+                for g, versions in sorted(groups.items()) if g]}
+        m = re.fullmatch(r"/api/(v1)|/apis/([^/]+)/([^/]+)", path)
+        if m is None:
+            return None
+        group, version = ("", "v1") if m[1] else (m[2], m[3])
+        if version not in groups.get(group, []):
+            return None
+        return {"kind": "APIResourceList", "apiVersion": "v1",
+                "groupVersion": f"{group}/{version}" if group else version,
+                "resources": self._resources(group, version)}
+
+    def _groups(self) -> dict[str, builtins.list[str]]:
+        groups: dict[str, builtins.list[str]] = {}
+        with self.store.lock:
+            keys = list(SERVED) + list(self._custom)
+        for group, version, _ in keys:
+            if version not in groups.setdefault(group, []):
+                groups[group].append(version)
+        return groups
+
+    def _resources(self, group: str, version: str) -> builtins.list[JSON]:
+        out: builtins.list[JSON] = []
+        for (g, v, _), rt in sorted(SERVED.items()):
+            if (g, v) == (group, version):
+                out += _api_resource(rt, rt.kind.lower())
+        with self.store.lock:
+            custom = [(c, rt) for (g, v, _), (c, rt) in self._custom.items()
+                      if (g, v) == (group, version) and v in c.served]
+        for crd, rt in custom:
+            out += _api_resource(rt, crd.singular, crd.short_names, crd.categories)
+        return out
 
     # ----------------------------------------------------------------- HTTP
 
@@ -1025,8 +1525,12 @@ class K8sEmulator:
                 if error is not None:
                     raise error
                 body = self._serve(request.headers.get("authorization", ""), entry)
-                status_code = 201 if request.method == "POST" else 200
-                response: Response = JSONResponse(body, status_code=status_code)
+                if isinstance(body, WatchRequest):
+                    response: Response = StreamingResponse(self._stream(body),
+                                                           media_type="application/json")
+                else:
+                    status_code = 201 if request.method == "POST" else 200
+                    response = JSONResponse(body, status_code=status_code)
             except ApiError as exc:
                 response = JSONResponse(exc.body(), status_code=exc.code, headers=exc.headers)
             entry.status = response.status_code
@@ -1042,58 +1546,142 @@ class K8sEmulator:
             raise ApiError(401, "Unauthorized", "Unauthorized")
         return identity
 
-    def _serve(self, authorization: str, entry: RecordedRequest) -> JSON:
+    def _serve(self, authorization: str, entry: RecordedRequest) -> JSON | WatchRequest:
         identity = self._authenticate(authorization)
         entry.user = identity.user
+        if entry.method == "GET":
+            # Discovery is open to every authenticated user (the system:discovery role).
+            document = self._discovery(entry.path)
+            if document is not None:
+                return document
         info = resolve(entry.method, entry.path, entry.query)
         entry.info = info
-        rt = SERVED.get((info.api_group, info.api_version, info.resource)) if info else None
+        rt = self._served(info.api_group, info.api_version, info.resource) if info else None
         if info is None or rt is None or (info.subresource and info.subresource not in
-                                          rt.subresources):
+                                          rt.subresources) or (info.namespace and
+                                                               not rt.namespaced):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if not any(r.allows(info) for r in identity.rules):
             raise forbidden(identity.user, info, rt)
         return self._dispatch(rt, info, entry)
 
-    def _dispatch(self, rt: ResourceType, info: RequestInfo, entry: RecordedRequest) -> JSON:
+    def _dispatch(self, rt: ResourceType, info: RequestInfo,
+                  entry: RecordedRequest) -> JSON | WatchRequest:
         ns, name, verb = info.namespace, info.name, info.verb
+        strict = entry.query.get("fieldValidation") == "Strict"
         if info.subresource == "scale":
-            return self._dispatch_scale(ns, name, verb, entry)
+            return self._dispatch_scale(rt, ns, name, verb, entry)
         if verb == "list":
             return self.list(rt, ns, entry.query.get("labelSelector", ""))
         if verb == "watch":
-            raise bad_request("watch is not supported by the forescale API emulator")
-        if not ns:
+            return self._watch_request(rt, ns, entry.query)
+        if not ns and rt.namespaced:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if verb == "create":
-            return self.create(rt, ns, _object_body(entry.body))
+            return self.create(rt, ns, _object_body(entry.body), strict)
         current = self.get(rt, ns, name)
         if current is None:
             raise not_found(rt, name)
         if verb == "get":
             return current
         if verb == "update":
-            return self.update(rt, ns, name, _object_body(entry.body))
+            return self.update(rt, ns, name, _object_body(entry.body),
+                               subresource=info.subresource, strict=strict)
         if verb == "patch":
             patched = apply_patch(entry.content_type, current, entry.body)
-            return self.update(rt, ns, name, patched, base=current)
-        if verb == "delete":
+            return self.update(rt, ns, name, patched, base=current,
+                               subresource=info.subresource, strict=strict)
+        if verb == "delete" and not info.subresource:
             return self.delete(rt, ns, name)
         raise ApiError(405, "MethodNotAllowed", f"{verb} is not supported on {rt.qualified}")
 
-    def _dispatch_scale(self, ns: str, name: str, verb: str, entry: RecordedRequest) -> JSON:
-        dep = self.get(DEPLOYMENTS, ns, name)
-        if dep is None:
-            raise not_found(DEPLOYMENTS, name)
-        scale = self.scale_of(dep)
+    def _dispatch_scale(self, rt: ResourceType, ns: str, name: str, verb: str,
+                        entry: RecordedRequest) -> JSON:
+        obj = self.get(rt, ns, name)
+        if obj is None:
+            raise not_found(rt, name)
+        scale = self.scale_of(obj, rt)
         if verb == "get":
             return scale
         if verb == "update":
-            return self.update_scale(ns, name, _object_body(entry.body))
+            return self.update_scale(ns, name, _object_body(entry.body), rt=rt)
         if verb == "patch":
             patched = apply_patch(entry.content_type, scale, entry.body)
-            return self.update_scale(ns, name, patched, base=scale)
-        raise ApiError(405, "MethodNotAllowed", f"{verb} is not supported on deployments/scale")
+            return self.update_scale(ns, name, patched, base=scale, rt=rt)
+        raise ApiError(405, "MethodNotAllowed", f"{verb} is not supported on "
+                       f"{rt.plural}/scale")
+
+    # ----------------------------------------------------------------- watch
+
+    def _watch_request(self, rt: ResourceType, namespace: str,
+                       query: Mapping[str, str]) -> WatchRequest:
+        fields = dict(p.split("=", 1) for p in query.get("fieldSelector", "").split(",")
+                      if "=" in p)
+        unknown = set(fields) - {"metadata.name"}
+        if unknown:
+            raise bad_request(f'"{sorted(unknown)[0]}" is not a known field selector: only '
+                              '"metadata.name" is supported by the forescale API emulator')
+        try:
+            timeout = float(query.get("timeoutSeconds") or 1800)
+        except ValueError:
+            raise bad_request(f"invalid timeoutSeconds {query['timeoutSeconds']!r}") from None
+        rv = query.get("resourceVersion", "")
+        if rv and not rv.isdigit():
+            raise bad_request(f"invalid resourceVersion {rv!r}: must be an integer")
+        crd = self.custom_resource(rt)
+        return WatchRequest(rt, crd.storage if crd else rt, namespace,
+                            query.get("labelSelector", ""), fields.get("metadata.name", ""),
+                            rv, timeout)
+
+    def _watch_matches(self, w: WatchRequest, rt: ResourceType, namespace: str,
+                       obj: JSON) -> bool:
+        meta = obj["metadata"]
+        return (rt is w.stored and (not w.namespace or namespace == w.namespace)
+                and (not w.name or meta.get("name") == w.name)
+                and matches_selector(w.label_selector, meta.get("labels") or {}))
+
+    def _start_watch(self, w: WatchRequest) -> tuple[builtins.list[JSON], int]:
+        """The events to send first and the revision to follow from.
+
+        No resourceVersion (or "0"): synthetic ADDED events for what exists now, as the
+        server does. A version older than the retained history: one ERROR event carrying a
+        410 `Expired` Status, as the watch cache answers (the HTTP status is 200).
+        """
+        with self.store.lock:
+            if w.resource_version in ("", "0"):
+                initial = [
+                    {"type": "ADDED", "object": self._present(w.served, obj)}
+                    for (rt, ns, _), obj in sorted(self.store.objects.items(),
+                                                   key=lambda kv: int(
+                                                       kv[1]["metadata"]["resourceVersion"]))
+                    if self._watch_matches(w, rt, ns, obj)
+                ]
+                return initial, self.store.revision
+            since = int(w.resource_version)
+            if since < self.store.compacted:
+                oldest = self.store.compacted + 1
+                gone = ApiError(410, "Expired",
+                                f"too old resource version: {since} ({oldest})")
+                return [{"type": "ERROR", "object": gone.body()}], -1
+            return [], since
+
+    async def _stream(self, w: WatchRequest) -> Any:
+        """Newline-delimited watch events until `timeoutSeconds` or the server stops."""
+        initial, cursor = self._start_watch(w)
+        for event in initial:
+            yield json.dumps(event) + "\n"
+        if cursor < 0:
+            return
+        deadline = time.monotonic() + w.timeout_s
+        while time.monotonic() < deadline and not (self._server and self._server.should_exit):
+            with self.store.lock:
+                pending = [e for e in self.store.history if e.revision > cursor]
+            for e in pending:
+                cursor = e.revision
+                if self._watch_matches(w, e.rt, e.namespace, e.obj):
+                    yield json.dumps({"type": e.type,
+                                      "object": self._present(w.served, e.obj)}) + "\n"
+            await asyncio.sleep(0.02)
 
 
 def forbidden(user: str, info: RequestInfo, rt: ResourceType) -> ApiError:
