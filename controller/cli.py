@@ -54,12 +54,14 @@ def demo(
     log_level: Annotated[str, typer.Option(help="Log level")] = "warning",
 ) -> None:
     """Run the service on its embedded default: a bundled real trace, dry-run, no cluster."""
-    from controller.runner import build_demo, schedule, serve_http
+    from controller.runner import StopSignals, demo_runtime, exit_when_stuck, serve_http, token_for
 
     _logging(log_level)
-    service = build_demo(speed=speed)
-    sched = schedule(service, clock_speed=speed)
-    sched.start()
+    stop = StopSignals()
+    runtime = demo_runtime(speed=speed)
+    service = runtime.service
+    token = token_for(service.config)
+    runtime.scheduler.start()
     base = f"http://{host}:{port}"
 
     def hello() -> None:
@@ -69,12 +71,20 @@ def demo(
                      "/decisions?limit=5", "/forecast.png?variant=servegen-m-small",
                      "/metrics", "/docs"):
             out.print(f"  curl '{base}{path}'", highlight=False)
+        env = service.config.api.token_env
+        if token is None:
+            out.print(f"POST /retrain is off: start with {env}=<token> to use it.",
+                      highlight=False)
+        else:
+            out.print(f"  curl -X POST -H 'Authorization: Bearer ${env}' '{base}/retrain'",
+                      highlight=False)
         out.print("Ctrl-C stops it.")
 
     try:
-        serve_http(service, host, port, token=None, on_started=hello)
+        serve_http(service, host, port, token=token, on_started=hello, stop=stop)
     finally:
-        sched.shutdown(wait=False)
+        runtime.stop()
+    exit_when_stuck()
 
 
 @app.command()
@@ -86,20 +96,28 @@ def serve(
     log_level: Annotated[str, typer.Option(help="Log level")] = "info",
 ) -> None:
     """Run the service against Prometheus and Kubernetes as configured."""
-    from controller.runner import build_production, serve_http, token_for
+    from controller.runner import (
+        StopSignals,
+        build_production,
+        exit_when_stuck,
+        serve_http,
+        token_for,
+    )
 
     _logging(log_level)
     try:
         cfg = load_config(config)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    stop = StopSignals()
     runtime = build_production(cfg, config_path=config)
     runtime.scheduler.start()
     try:
         serve_http(runtime.service, host or cfg.api.host, port or cfg.api.port,
-                   token_for(cfg))
+                   token_for(cfg), stop=stop)
     finally:
         runtime.stop()
+    exit_when_stuck()
 
 
 @app.command()
