@@ -22,9 +22,11 @@ from controller.config import ActuationMode, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "kubernetes"
+EXAMPLES = K8S / "examples"  # forescale.io objects (and a profile ConfigMap), applied by hand
 EXAMPLE = ROOT / "deploy" / "config.example.yaml"
 K8S_VERSION = "1.30"
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject", "VariantAutoscaler",
+             "VariantGroup"}  # the last two: forescale's own, checked in test_deploy_crds.py
 NOT_MANIFESTS = {"kustomization.yaml", "config.yaml"}
 
 
@@ -86,8 +88,11 @@ def test_manifest_validates_against_kubernetes_schema(path: Path) -> None:
 def test_only_known_crd_kinds_are_outside_the_base() -> None:
     kinds = {o["kind"] for o in base_objects()}
     assert not kinds & CRD_KINDS, "the base must apply on a cluster without CRDs"
-    outside = {o["kind"] for o in all_objects()} - kinds
+    outside = {o["kind"] for p in manifest_files() if EXAMPLES not in p.parents
+               for o in _docs(p)} - kinds
     assert outside <= CRD_KINDS
+    examples = {o["kind"] for p in EXAMPLES.glob("*.yaml") for o in _docs(p)}
+    assert examples == {"VariantAutoscaler", "VariantGroup", "ConfigMap"}
 
 
 # ---------------------------------------------------------------------------- kustomize
@@ -98,6 +103,8 @@ def test_kustomize_renders_the_base_with_the_example_config() -> None:
     got = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objs}
     cm = one(objs, "ConfigMap")
     expected = {
+        ("CustomResourceDefinition", None, "variantautoscalers.forescale.io"),
+        ("CustomResourceDefinition", None, "variantgroups.forescale.io"),
         ("Namespace", None, "forescale"),
         ("ServiceAccount", "forescale", "forescale"),
         ("ClusterRole", None, "forescale-scaler"),
@@ -131,6 +138,11 @@ def test_kustomize_renders_the_monitoring_overlay() -> None:
 EXPECTED_SCALER_RULES = {
     ("apps", "deployments"): {"get", "list", "watch"},
     ("apps", "deployments/scale"): {"get", "patch", "update"},
+    ("apps", "statefulsets/scale"): {"get", "patch"},
+    ("forescale.io", "variantautoscalers"): {"get", "list", "watch"},
+    ("forescale.io", "variantgroups"): {"get", "list", "watch"},
+    ("forescale.io", "variantautoscalers/status"): {"get", "patch", "update"},
+    ("forescale.io", "variantgroups/status"): {"get", "patch", "update"},
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
