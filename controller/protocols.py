@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from forecaster.base import History
+from models.signals import LiveSignals
+
+__all__ = ["LiveSignals", "MetricsSource", "PermanentError", "ScaleResult", "ScaleTarget",
+           "TemporaryError"]
 
 
 class TemporaryError(Exception):
@@ -20,22 +24,6 @@ class TemporaryError(Exception):
 
 class PermanentError(Exception):
     """The edge failed in a way retrying will not fix (403, 404, bad query, HPA conflict)."""
-
-
-@dataclass(frozen=True)
-class LiveSignals:
-    """Instant signals of a variant for the reactive floor; None means not observed.
-
-    A missing signal is None, never zero: zero queue and unknown queue are different facts.
-    """
-
-    ts: float
-    request_rate: float | None = None
-    queue_depth: float | None = None
-    running: float | None = None
-    kv_cache_usage: float | None = None
-    ttft_p95_s: float | None = None
-    ready_replicas: int | None = None
 
 
 class MetricsSource(Protocol):

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,6 @@ from controller.protocols import (
     ScaleTarget,
     TemporaryError,
 )
-from controller.reactive import AccuracyTracker, ReactiveTargets, reactive_floor
 from controller.state import StateStore
 from controller.training import (
     ServedModel,
@@ -38,26 +37,11 @@ from controller.training import (
 )
 from forecaster.base import Forecast, History
 from models.capacity import CapacityEstimate, capacity_at_slo
-from models.decide import (
-    Decision,
-    DemandForecast,
-    Reason,
-    ScalingPolicy,
-    ScalingState,
-    decide,
-    next_state,
-    scale_down_hold_s,
-)
-from models.headroom import (
-    CALIBRATION_MARGIN,
-    HeadroomObservation,
-    HeadroomState,
-    QuantileCalibrator,
-    calibrator_for,
-    shortfall_model,
-    tune_quantile,
-)
+from models.decide import Decision, ScalingPolicy, ScalingState, scale_down_hold_s
+from models.headroom import HeadroomTuner, QuantileCalibrator
 from models.optimiser import Allocation, GroupDemand, VariantOption, optimise
+from models.policy import PolicySettings, VariantPolicy
+from models.reactive import AccuracyTracker, ReactiveTargets
 
 log = logging.getLogger("forescale.loop")
 
@@ -89,25 +73,45 @@ class DecisionRecord:
 
 @dataclass
 class VariantRuntime:
+    """A variant's edges-side record (config, model, decision log) and its `VariantPolicy`,
+    which holds everything the decisions depend on."""
+
     config: VariantConfig
+    policy: VariantPolicy
     model: ServedModel | None = None
-    scaling: ScalingState | None = None
-    accuracy: AccuracyTracker = field(default_factory=AccuracyTracker)
-    headroom: HeadroomState = field(default_factory=HeadroomState)
-    #: Chooses the quantile from the forecast record once it is long enough (see
-    #: `models.headroom.QuantileCalibrator`); made at the first forecast (it needs the step).
-    calibrator: QuantileCalibrator | None = None
-    headroom_reason: str = "feedback tuner: no calibration yet"
     capacity: CapacityEstimate | None = None
     last: DecisionRecord | None = None
-    last_decision: Decision | None = None
     log: deque[DecisionRecord] = field(default_factory=lambda: deque(maxlen=DECISION_LOG_SIZE))
 
     @property
     def state(self) -> str:
         if self.model is None:
             return "warming-up"
-        return "reactive-fallback" if self.accuracy.fallback_active else "predictive"
+        return "reactive-fallback" if self.policy.fallback_active else "predictive"
+
+    @property
+    def last_decision(self) -> Decision | None:
+        return self.policy.last
+
+    @property
+    def scaling(self) -> ScalingState | None:
+        return self.policy.scaling
+
+    @property
+    def headroom(self) -> HeadroomTuner:
+        return self.policy.headroom
+
+    @property
+    def headroom_reason(self) -> str:
+        return self.policy.headroom.reason
+
+    @property
+    def calibrator(self) -> QuantileCalibrator | None:
+        return self.policy.headroom.calibrator
+
+    @property
+    def accuracy(self) -> AccuracyTracker:
+        return self.policy.accuracy
 
 
 class Service:
@@ -127,12 +131,14 @@ class Service:
         #: Credit line for plots of the data source (a trace's licence), if any.
         self.attribution = ""
         self.fingerprint = config_fingerprint(config)
-        self.variants = {v.name: VariantRuntime(v, headroom=HeadroomState(
-            quantile=config.forecast.provisioning_quantile)) for v in config.variants}
+        self.variants = {v.name: VariantRuntime(v, VariantPolicy(
+            self.policy_settings(v), config.forecast.provisioning_quantile))
+            for v in config.variants}
         self.generation = 0
         self.last_training: TrainingReport | None = None
         self._train_lock = threading.Lock()
-        self._forecast_cache: dict[tuple[Any, ...], Forecast] = {}
+        self._forecast_cache: dict[tuple[Any, ...],
+                                   tuple[Forecast, tuple[float, float] | None]] = {}
         self.state_store = state_store
         #: The last plan for variant groups (routing weights, unserved demand), if any.
         self.allocation: Allocation | None = None
@@ -162,6 +168,7 @@ class Service:
         for rt in self.variants.values():
             rt.config = new.variant(rt.config.name)
             rt.capacity = None
+            rt.policy.reconfigure(self.policy_settings(rt.config))
         fingerprint = config_fingerprint(new)
         if fingerprint == self.fingerprint:
             return False
@@ -188,20 +195,21 @@ class Service:
             if rt is None or not isinstance(data, dict):
                 continue
             try:
-                rt.scaling = ScalingState(
+                scaling = ScalingState(
                     current_replicas=int(data.get("current", 0)),
                     recommendations=tuple((float(t), int(r))
                                           for t, r in data.get("recommendations", [])),
                     scale_events=tuple((float(t), int(a), int(b))
                                        for t, a, b in data.get("scale_events", [])))
-                if "quantile" in data:
-                    rt.headroom = replace(rt.headroom, quantile=float(data["quantile"]))
-                for rec in data.get("log", []):
-                    rt.log.append(DecisionRecord(**{**rec, "reasons": tuple(rec["reasons"])}))
-                rt.last = rt.log[-1] if rt.log else None
+                quantile = float(data["quantile"]) if "quantile" in data else None
+                records = [DecisionRecord(**{**rec, "reasons": tuple(rec["reasons"])})
+                           for rec in data.get("log", [])]
             except (TypeError, ValueError, KeyError) as exc:
                 log.error("saved state of %s is malformed (%s): ignored", name, exc)
-                rt.scaling = None
+                continue
+            rt.policy.restore(scaling, quantile)
+            rt.log.extend(records)
+            rt.last = rt.log[-1] if rt.log else None
         log.info("restored state of %d variant(s)", len(saved.get("variants") or {}))
 
     def snapshot(self) -> dict[str, Any]:
@@ -212,7 +220,7 @@ class Service:
                 continue
             out[name] = {
                 "current": rt.scaling.current_replicas,
-                "quantile": rt.headroom.quantile,
+                "quantile": rt.policy.quantile,
                 "recommendations": [list(r) for r in rt.scaling.recommendations],
                 "scale_events": [list(e) for e in rt.scaling.scale_events],
                 "log": [asdict(r) for r in list(rt.log)[-PERSISTED_LOG_SIZE:]],
@@ -290,6 +298,12 @@ class Service:
                  quantiles: Sequence[float] | None = None, now: float | None = None) -> Forecast:
         """The variant's forecast from the latest data; cached per training generation and
         step, so API load never triggers training or repeated work."""
+        return self._forecast(name, horizon, quantiles, now)[0]
+
+    def _forecast(self, name: str, horizon: int | None = None,
+                  quantiles: Sequence[float] | None = None, now: float | None = None
+                  ) -> tuple[Forecast, tuple[float, float] | None]:
+        """The forecast and (start, load) of the newest completed window it was issued from."""
         rt = self.variants[name]
         if rt.model is None:
             raise TemporaryError(f"variant {name!r} has no model yet (warming up)")
@@ -305,10 +319,12 @@ class Service:
             return cached
         tail = self.source.history(name, rt.model.tail_start(issued), issued, step)
         fc = rt.model.forecast(tail, h, qs)
+        last = float(tail.values[-1]) if len(tail.values) else math.nan
+        observed = (issued - step, last) if math.isfinite(last) else None
         if len(self._forecast_cache) > 1024:
             self._forecast_cache.clear()
-        self._forecast_cache[key] = fc
-        return fc
+        self._forecast_cache[key] = (fc, observed)
+        return fc, observed
 
     # ------------------------------------------------------------------ reconcile
     def reconcile(self) -> list[DecisionRecord]:
@@ -345,24 +361,19 @@ class Service:
             log.exception("group planning failed: %s", exc)
             self.metrics.reconcile_errors.labels("*", "group-plan").inc()
 
-    def _quota_clamp(self, name: str, d: Decision) -> Decision:
-        """Never scale a variant up past its GPU type's quota, counting what the other
-        variants of that type were last given; never scale down because of the quota."""
+    def _quota(self, name: str, current: int) -> tuple[int | None, str]:
+        """The most replicas the variant's GPU-type quota allows, counting what the other
+        variants of that type were last given, and never below `current` (the quota never
+        scales a variant down); None without a quota."""
         prof = self.variants[name].config.profile
         quota = self.config.gpu_quotas.get(prof.gpu_type)
-        if quota is None or d.replicas <= d.current:
-            return d
+        if quota is None:
+            return None, ""
         used = sum(self._replicas_now(n) * rt.config.profile.gpus_per_replica
                    for n, rt in self.variants.items()
                    if n != name and rt.config.profile.gpu_type == prof.gpu_type)
-        allowed = max(d.current, (quota - used) // prof.gpus_per_replica)
-        if d.replicas <= allowed:
-            return d
-        why = Reason("AtGpuQuota", f"{prof.gpu_type} quota {quota} GPUs, {used} used by other "
-                     "variants", d.replicas, allowed)
-        return replace(d, replicas=allowed, reasons=(*d.reasons, why),
-                       gpu_hours_per_hour=allowed * prof.gpus_per_replica,
-                       cost_per_hour=allowed * prof.cost_per_replica_hour)
+        allowed = max(current, (quota - used) // prof.gpus_per_replica)
+        return allowed, f"{prof.gpu_type} quota {quota} GPUs, {used} used by other variants"
 
     def _replicas_now(self, name: str) -> int:
         """A variant's replicas as last decided, or as its target reports before that."""
@@ -387,9 +398,12 @@ class Service:
                                 f"internal error ({type(exc).__name__}: {exc}); holding",
                                 None, kind="internal")
 
-    def _policy(self, v: VariantConfig) -> ScalingPolicy:
+    def policy_settings(self, v: VariantConfig) -> PolicySettings:
+        """The variant's decision settings, derived from its config and profile."""
         b = v.behaviour
-        return ScalingPolicy(
+        cap = capacity_at_slo(v.profile, v.slo)
+        interval = self.config.schedules.reconcile_interval_s
+        scaling = ScalingPolicy(
             min_replicas=v.min_replicas, max_replicas=v.max_replicas,
             provisioning_quantile=self.config.forecast.provisioning_quantile,
             target_utilisation=b.target_utilisation, tolerance=b.tolerance,
@@ -397,7 +411,21 @@ class Service:
             scale_down_pods=b.scale_down_pods, scale_down_period_s=b.scale_down_period_s,
             scale_down_stabilisation_s=scale_down_hold_s(
                 b.scale_down_stabilisation_s, v.profile.cold_start_s,
-                self.config.prometheus.step_s))
+                self.config.prometheus.step_s),
+            # Provision for the peak until the next decision can act: a longer window buys
+            # replicas a later decision would order in time anyway.
+            forecast_window_s=interval)
+        rps = cap.rps if cap.feasible and cap.rps > 0 else 1.0
+        return PolicySettings(
+            scaling=scaling, capacity_rps=rps, cold_start_s=v.profile.cold_start_s,
+            reactive=ReactiveTargets(
+                capacity_rps=rps, target_utilisation=b.target_utilisation,
+                queue_per_replica=v.targets.queue_per_replica,
+                kv_cache_usage=v.targets.kv_cache_usage, ttft_slo_s=v.slo.ttft_p95_s),
+            attainment_target=v.slo.attainment_target,
+            ttft_slack_s=v.slo.ttft_p95_s - v.profile.base_ttft_s, interval_s=interval,
+            gpus_per_replica=v.profile.gpus_per_replica,
+            gpu_hourly_usd=v.profile.gpu_hourly_usd)
 
     def _live(self, name: str, now: float) -> LiveSignals | None:
         try:
@@ -410,97 +438,22 @@ class Service:
             self.metrics.actual.labels(name).set(live.request_rate)
         return live
 
-    def _demand(self, name: str, rt: VariantRuntime, now: float,
-                live: LiveSignals | None) -> tuple[DemandForecast | None, str]:
-        """The forecast as decide() wants it, or None with the reason it is unusable."""
+    def _forecast_for(self, name: str, rt: VariantRuntime, now: float
+                      ) -> tuple[Forecast | None, tuple[float, float] | None, str]:
+        """The forecast the policy steps on, or None with the reason it is unusable."""
         if rt.model is None:
-            return None, "warming up: no model yet"
+            return None, None, "warming up: no model yet"
         try:
-            fc = self.forecast(name, now=now)
+            fc, observed = self._forecast(name, now=now)
         except (TemporaryError, PermanentError) as exc:
             self.metrics.reconcile_errors.labels(name, "forecast").inc()
-            return None, f"forecast unavailable: {exc}"
+            return None, None, f"forecast unavailable: {exc}"
         if not all(np.isfinite(v).all() for v in fc.quantiles.values()):
             self.metrics.reconcile_errors.labels(name, "forecast-nan").inc()
-            return None, f"forecast from {fc.model} has NaN/Inf: ignored"
-        self._track_accuracy(name, rt, fc, live)
-        for q in self.config.forecast.quantiles:
-            self.metrics.forecast.labels(name, str(q)).set(float(fc.at(q)[0]))
-        if rt.accuracy.fallback_active and live is not None and live.request_rate is not None:
-            flat = np.full(fc.horizon, live.request_rate)
-            return DemandForecast(fc.issued_at, fc.step_s, {0.5: flat}), \
-                "reactive fallback: forecast worse than the naive baseline recently"
-        return DemandForecast(fc.issued_at, fc.step_s, dict(fc.quantiles)), f"model {fc.model}"
-
-    def _calibrator(self, rt: VariantRuntime, fc: Forecast) -> QuantileCalibrator | None:
-        """The variant's calibrator for this forecast grid and config (None with one level).
-
-        Rebuilt, record and all, when anything it derives from changes (levels, step, cold
-        start, reconcile interval, SLO slack, utilisation target), as after a config reload.
-        """
-        levels = tuple(sorted(fc.quantiles))
-        if len(levels) < 2:
-            return None
-        v = rt.config
-        # Seeing a shortfall takes one forecast step in the live rate and a reconcile.
-        model = shortfall_model(float(fc.step_s), v.profile.cold_start_s,
-                                self.config.schedules.reconcile_interval_s + fc.step_s,
-                                v.slo.ttft_p95_s - v.profile.base_ttft_s,
-                                v.behaviour.target_utilisation)
-        cal = rt.calibrator
-        if cal is None or cal.levels != levels or cal.model != model:
-            rt.calibrator = cal = calibrator_for(levels, model)
-        return cal
-
-    def _tune_headroom(self, rt: VariantRuntime, fc: Forecast, live: LiveSignals,
-                       predicted: float, actual: float) -> None:
-        """Calibrated quantile once the record is long enough, else one feedback step."""
-        target = rt.config.slo.attainment_target
-        cal = rt.calibrator
-        if cal is not None:
-            if live.request_rate is not None and live.ttft_p95_s is not None:
-                # A p95 over the SLO means at least 5% of the interval's requests missed.
-                requests = live.request_rate * self.config.schedules.reconcile_interval_s
-                over = live.ttft_p95_s > rt.config.slo.ttft_p95_s
-                cal.measured(requests, 0.05 * requests if over else 0.0)
-            choice = cal.choose(fc.issued_at, (1.0 - target) * (1.0 - CALIBRATION_MARGIN))
-            if choice is not None:
-                rt.headroom = replace(rt.headroom, quantile=choice.quantile,
-                                      samples=rt.headroom.samples + 1)
-                rt.headroom_reason = "calibrated: " + choice.reason
-                return
-        update = tune_quantile(rt.headroom, HeadroomObservation(predicted, actual), target)
-        rt.headroom = update.state
-        rt.headroom_reason = "feedback tuner: " + update.reason
-
-    def _track_accuracy(self, name: str, rt: VariantRuntime, fc: Forecast,
-                        live: LiveSignals | None) -> None:
-        """Score past forecasts against the load that arrived; tune the headroom from misses."""
-        q = rt.headroom.quantile
-        lo, hi = min(fc.quantiles), max(fc.quantiles)
-        provisioned = float(fc.at(min(max(q, lo), hi))[0])
-        last_actual = live.request_rate if live is not None else None
-        cal = self._calibrator(rt, fc)
-        if cal is not None:
-            # The forecast that orders replicas for the window one cold start ahead.
-            ahead = min(fc.horizon - 1, int(rt.config.profile.cold_start_s // fc.step_s))
-            cal.expect(fc.issued_at + ahead * fc.step_s,
-                       {lv: float(fc.at(lv)[ahead]) for lv in cal.levels}, q)
-        if last_actual is not None:
-            if cal is not None:
-                cal.observe(fc.issued_at - fc.step_s, last_actual)
-            p50 = float(fc.at(min(max(0.5, lo), hi))[0])
-            rt.accuracy.expect(fc.issued_at, p50, provisioned, last_actual)
-            # The live rate is the window just completed, which began one step ago.
-            scored = rt.accuracy.last_scored
-            if rt.accuracy.observe(fc.issued_at - fc.step_s, last_actual):
-                self.metrics.forecast_miss.labels(name).inc()
-            if rt.accuracy.last_scored is not scored and rt.accuracy.last_scored is not None:
-                assert live is not None
-                self._tune_headroom(rt, fc, live, *rt.accuracy.last_scored)
-        self.metrics.forecast_error.labels(name).set(rt.accuracy.error_ratio)
-        self.metrics.fallback_active.labels(name).set(int(rt.accuracy.fallback_active))
-        self.metrics.provisioning_quantile.labels(name).set(rt.headroom.quantile)
+        else:
+            for q in self.config.forecast.quantiles:
+                self.metrics.forecast.labels(name, str(q)).set(float(fc.at(q)[0]))
+        return fc, observed, f"model {fc.model}"
 
     def capacity(self, rt: VariantRuntime) -> CapacityEstimate:
         """Per-replica capacity at the variant's SLO (curve, queueing model or stated)."""
@@ -509,6 +462,7 @@ class Service:
         return rt.capacity
 
     def reconcile_variant(self, name: str) -> DecisionRecord:
+        """Read -> step the variant's policy -> actuate -> record."""
         rt = self.variants[name]
         v = rt.config
         now = self.clock()
@@ -526,42 +480,28 @@ class Service:
             return self._record(rt, now, "failed", mode, current, current, None, None, "",
                                 None, (), f"profile cannot meet the SLO at any load "
                                 f"({cap.explanation}); holding", live, kind="infeasible")
-        floor, why = reactive_floor(live, current, ReactiveTargets(
-            capacity_rps=cap.rps, target_utilisation=v.behaviour.target_utilisation,
-            queue_per_replica=v.targets.queue_per_replica,
-            kv_cache_usage=v.targets.kv_cache_usage, ttft_slo_s=v.slo.ttft_p95_s))
-        demand, demand_why = self._demand(name, rt, now, live)
-        state = self._scaling_state(rt, current)
-        policy = self._policy(v)
-        kwargs: dict[str, Any] = {"quantile": rt.headroom.quantile,
-                                  "gpus_per_replica": v.profile.gpus_per_replica,
-                                  "gpu_hourly_usd": v.profile.gpu_hourly_usd}
-        decision = self._quota_clamp(name, decide(
-            demand, cap.rps, v.profile.cold_start_s, policy, state, now,
-            reactive_floor=floor, **kwargs))
-        predictive = decide(demand, cap.rps, v.profile.cold_start_s, policy, state, now,
-                            **kwargs).replicas if demand is not None else None
-        if floor is not None and predictive is not None and floor > predictive:
+        fc, observed, why = self._forecast_for(name, rt, now)
+        quota, quota_why = self._quota(name, current)
+        misses = rt.policy.accuracy.misses
+        decision, source = rt.policy.step(now, current, live, fc, observed, why,
+                                          quota=quota, quota_why=quota_why)
+        if rt.policy.accuracy.misses > misses:
+            self.metrics.forecast_miss.labels(name).inc()
+        if decision.reactive is not None and (decision.predictive is None
+                                              or decision.reactive > decision.predictive):
             self.metrics.reactive_override.labels(name).inc()
         outcome, message = self._actuate(name, target, decision, mode)
-        rt.last_decision = decision
-        rt.scaling = next_state(state, decision, now, policy)
-        if outcome in ("failed", "follower"):
-            rt.scaling = replace(rt.scaling, current_replicas=current)
-        self._export(name, v, decision, predictive, floor, current)
-        return self._record(rt, now, outcome, mode, current, decision.replicas, predictive,
-                            floor, why, decision.demand,
+        rt.policy.commit(decision, now, applied=outcome not in ("failed", "follower"))
+        self._export(name, v, decision, current)
+        floor_why = next((r.message for r in decision.reasons if r.code == "ReactiveFloor"),
+                         "")
+        return self._record(rt, now, outcome, mode, current, decision.replicas,
+                            decision.predictive, decision.reactive, floor_why,
+                            decision.demand,
                             tuple({"code": str(r.code), "message": r.message, "from": r.before,
                                    "to": r.after} for r in decision.reasons),
-                            f"{demand_why}; {message}", live,
+                            f"{source}; {message}", live,
                             kind="actuate" if outcome == "failed" else None)
-
-    def _scaling_state(self, rt: VariantRuntime, current: int) -> ScalingState:
-        """The remembered state with the replicas observed now (someone may have changed
-        them by hand: the Deployment is the truth)."""
-        if rt.scaling is None:
-            return ScalingState(current_replicas=current)
-        return replace(rt.scaling, current_replicas=current)
 
     def _actuate(self, name: str, target: ScaleTarget, decision: Decision,
                  mode: str) -> tuple[str, str]:
@@ -580,15 +520,18 @@ class Service:
             return "metric", result.message
         return ("scaled" if result.changed else "held"), result.message
 
-    def _export(self, name: str, v: VariantConfig, d: Decision, predictive: int | None,
-                floor: int | None, current: int) -> None:
+    def _export(self, name: str, v: VariantConfig, d: Decision, current: int) -> None:
         m = self.metrics
         m.desired.labels(name).set(d.replicas)
         m.current.labels(name).set(current)
-        if predictive is not None:
-            m.predictive.labels(name).set(predictive)
-        if floor is not None:
-            m.reactive.labels(name).set(floor)
+        if d.predictive is not None:
+            m.predictive.labels(name).set(d.predictive)
+        if d.reactive is not None:
+            m.reactive.labels(name).set(d.reactive)
+        rt = self.variants[name]
+        m.forecast_error.labels(name).set(rt.policy.accuracy.error_ratio)
+        m.fallback_active.labels(name).set(int(rt.policy.fallback_active))
+        m.provisioning_quantile.labels(name).set(rt.policy.quantile)
         m.record_reasons(name, d.reason_codes())
         m.cost_per_hour.labels(name).set(d.cost_per_hour)
         m.gpus.labels(name, v.profile.gpu_type).set(d.replicas * v.profile.gpus_per_replica)

@@ -45,6 +45,8 @@ class ReasonCode(StrEnum):
     AT_MAX = "AtMax"
     AT_MIN = "AtMin"
     DEMAND_NOT_ZERO = "DemandNotKnownZero"
+    QUOTA = "AtGpuQuota"
+    REACTIVE = "Reactive"
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,9 @@ class Decision:
     recommendation: int | None = None
     #: Forecast quantile actually used (after interpolation or edge fallback).
     quantile: float | None = None
+    #: The forecast's need alone, and the reactive floor (None when not set).
+    predictive: int | None = None
+    reactive: int | None = None
     gpu_hours_per_hour: float = 0.0
     cost_per_hour: float = 0.0
     cost_per_1k_tokens: float | None = None
@@ -368,6 +373,80 @@ def _check(capacity_per_replica: float, cold_start_s: float, state: ScalingState
         raise ValueError(f"current_replicas must be >= 0, got {state.current_replicas}")
 
 
+@dataclass(frozen=True)
+class Recommendation:
+    """Stage one of the pipeline: what the forecast and live signals ask for, before the
+    behaviour (stabilisation, rate limits, bounds) is applied.
+
+    Peers emulated for comparison (an HPA, a queue scaler) build one from their own formula
+    with `Recommendation.of` and hand it to `normalise`, the stage the service runs.
+    """
+
+    replicas: int
+    #: The forecast's need alone (None without a usable forecast).
+    predictive: int | None
+    floor: int | None
+    demand: float
+    quantile: float | None
+    reasons: tuple[Reason, ...]
+    need: _Need | None = field(default=None, repr=False)
+
+    @staticmethod
+    def of(replicas: int, code: ReasonCode, message: str, current: int) -> Recommendation:
+        """A recommendation from a formula of the caller's own (an emulated peer)."""
+        trail = _Trail()
+        trail.step(code, message, current, replicas)
+        return Recommendation(replicas, None, None, math.nan, None, tuple(trail.reasons))
+
+
+def recommend(forecast: DemandForecast | None, capacity_per_replica: float,
+              cold_start_s: float, policy: ScalingPolicy, current: int, now: float,
+              reactive_floor: int | None = None, *, quantile: float | None = None,
+              floor_why: str = "") -> Recommendation:
+    """Stage one: the forecast's need at the quantile, raised to the reactive floor, held
+    inside the dead band. `forecast=None` means no usable forecast: hold, or follow the floor.
+    """
+    q = policy.provisioning_quantile if quantile is None else quantile
+    trail = _Trail()
+    found = (_forecast_need(forecast, capacity_per_replica, cold_start_s, policy, q, now)
+             if forecast is not None else "no usable forecast")
+    need = found if isinstance(found, _Need) else None
+    if need is None:
+        n = current
+        trail.note(ReasonCode.NO_FORECAST, f"{found}: holding {current} replicas", current)
+    else:
+        n = trail.step(ReasonCode.FORECAST_PEAK, need.message, current, need.replicas)
+    if reactive_floor is not None and reactive_floor > n:
+        n = trail.step(ReasonCode.REACTIVE_FLOOR,
+                       f"live signals need {reactive_floor}" + (f" ({floor_why})"
+                                                                 if floor_why else ""),
+                       n, reactive_floor)
+    if need is not None:
+        n = _dead_band(n, need, current, policy, reactive_floor, trail)
+    return Recommendation(n, need.replicas if need is not None else None, reactive_floor,
+                          need.demand if need is not None else math.nan,
+                          need.quantile if need is not None else None, tuple(trail.reasons),
+                          need)
+
+
+def normalise(rec: Recommendation, policy: ScalingPolicy, state: ScalingState, now: float,
+              *, quota: int | None = None, quota_why: str = "") -> tuple[int, tuple[Reason, ...]]:
+    """Stage two, the HPA's `normalizeDesiredReplicasWithBehaviors`: stabilisation (and the
+    forecast's near-term need), rate limits, bounds, the GPU quota, the zero guard; every
+    clamp adds a reason to the recommendation's."""
+    current = state.current_replicas
+    trail = _Trail()
+    trail.reasons.extend(rec.reasons)
+    n = _stabilise_down(rec.replicas, current, rec.need, state, policy, now, trail)
+    n = _rate_limit(n, current, state, policy, now, trail)
+    n = _bounds(n, policy, trail)
+    if quota is not None and n > max(quota, 0):
+        n = trail.step(ReasonCode.QUOTA, quota_why or f"GPU quota allows {quota}", n,
+                       max(quota, 0))
+    n = _zero_guard(n, rec.need, rec.floor, trail)
+    return n, tuple(trail.reasons)
+
+
 def decide(
     forecast: DemandForecast | None,
     capacity_per_replica: float,
@@ -381,42 +460,36 @@ def decide(
     gpus_per_replica: int = 1,
     gpu_hourly_usd: float = 0.0,
     tokens_per_request: float | None = None,
+    floor_why: str = "",
+    quota: int | None = None,
+    quota_why: str = "",
 ) -> Decision:
-    """Replica target for a variant. `forecast=None` means no usable forecast: hold or react.
+    """Replica target for a variant: `recommend` then `normalise`, with costs.
 
-    `quantile` overrides `policy.provisioning_quantile` (e.g. from `models.headroom`). The
-    cost fields use `gpus_per_replica`, `gpu_hourly_usd` and, for cost per 1k tokens,
-    `tokens_per_request` (prompt + output) applied to the demand the replicas can serve.
+    `forecast=None` means no usable forecast: hold or react. `quantile` overrides
+    `policy.provisioning_quantile` (e.g. from `models.headroom`). The cost fields use
+    `gpus_per_replica`, `gpu_hourly_usd` and, for cost per 1k tokens, `tokens_per_request`
+    (prompt + output) applied to the demand the replicas can serve.
     """
     _check(capacity_per_replica, cold_start_s, state)
-    q = policy.provisioning_quantile if quantile is None else quantile
-    current = state.current_replicas
-    trail = _Trail()
-    found = (_forecast_need(forecast, capacity_per_replica, cold_start_s, policy, q, now)
-             if forecast is not None else "no usable forecast")
-    need = found if isinstance(found, _Need) else None
-    if need is None:
-        n = current
-        trail.note(ReasonCode.NO_FORECAST, f"{found}: holding {current} replicas", current)
-    else:
-        n = trail.step(ReasonCode.FORECAST_PEAK, need.message, current, need.replicas)
-    if reactive_floor is not None and reactive_floor > n:
-        n = trail.step(ReasonCode.REACTIVE_FLOOR, f"live signals need {reactive_floor}", n,
-                       reactive_floor)
-    if need is not None:
-        n = _dead_band(n, need, current, policy, reactive_floor, trail)
-    recommendation = n
-    n = _stabilise_down(n, current, need, state, policy, now, trail)
-    n = _rate_limit(n, current, state, policy, now, trail)
-    n = _bounds(n, policy, trail)
-    n = _zero_guard(n, need, reactive_floor, trail)
-    demand = need.demand if need is not None else math.nan
-    served = min(demand, n * capacity_per_replica) if need is not None else None
+    rec = recommend(forecast, capacity_per_replica, cold_start_s, policy,
+                    state.current_replicas, now, reactive_floor, quantile=quantile,
+                    floor_why=floor_why)
+    n, reasons = normalise(rec, policy, state, now, quota=quota, quota_why=quota_why)
+    return _priced(n, state.current_replicas, rec, capacity_per_replica, reasons,
+                   gpus_per_replica, gpu_hourly_usd, tokens_per_request)
+
+
+def _priced(n: int, current: int, rec: Recommendation, capacity_per_replica: float,
+            reasons: tuple[Reason, ...], gpus_per_replica: int, gpu_hourly_usd: float,
+            tokens_per_request: float | None) -> Decision:
+    demand = rec.demand
+    served = min(demand, n * capacity_per_replica) if math.isfinite(demand) else None
     tokens = served * tokens_per_request if served is not None and tokens_per_request else None
     cost = fleet_cost(n, gpus_per_replica, gpu_hourly_usd, tokens)
-    return Decision(n, current, demand, capacity_per_replica, tuple(trail.reasons),
-                    recommendation=recommendation,
-                    quantile=need.quantile if need is not None else None,
+    return Decision(n, current, demand, capacity_per_replica, reasons,
+                    recommendation=rec.replicas, quantile=rec.quantile,
+                    predictive=rec.predictive, reactive=rec.floor,
                     gpu_hours_per_hour=cost.gpu_hours_per_hour,
                     cost_per_hour=cost.cost_per_hour,
                     cost_per_1k_tokens=cost.cost_per_1k_tokens)

@@ -365,3 +365,80 @@ def calibrator_for(levels: tuple[float, ...], model: ShortfallModel,
     """A calibrator over `memory_s` of `model.window_s` windows (at most 20,000)."""
     memory = max(min_windows, min(20_000, math.ceil(memory_s / model.window_s)))
     return QuantileCalibrator(levels, model, memory, min_windows)
+
+
+class HeadroomTuner:
+    """A variant's provisioning quantile: calibrated on the forecast record, else tuned on
+    measured per-request misses.
+
+    Once the calibrator (`QuantileCalibrator`) holds enough windows, each period's quantile is
+    its choice: the lowest whose estimated per-request miss share, corrected by measured over
+    estimated misses, fits the budget. Before that, feedback: requests are tallied per period
+    (`every_s`, an hour); at the end of each period its per-request attainment goes to
+    `tune_quantile` with a smoothing weight of one period in `memory_s` (a day), so the
+    quantile answers a day's misses, not one unlucky window. The gains are small: the
+    quantile drifts down while the fleet over-serves and climbs when the smoothed miss share
+    exceeds the budget. Intervals whose outcome was not observed are not tallied.
+
+    (This was the replay's tuner; the service's tuned per forecast window on forecast error
+    alone, which swung with every burst. One tuner now serves both.)
+    """
+
+    def __init__(self, quantile: float, attainment_target: float,
+                 every_s: float = 3600.0, memory_s: float = 86_400.0) -> None:
+        if not 0 < attainment_target < 1:
+            raise ValueError(f"attainment_target must be in (0, 1), got {attainment_target}")
+        self.quantile = quantile
+        self.attainment_target = attainment_target
+        self.calibrator: QuantileCalibrator | None = None
+        self.calibrated = 0
+        self.every_s = every_s
+        self.reason = "feedback tuner: no period completed yet"
+        self._state = HeadroomState(quantile=quantile)
+        alpha = min(1.0, every_s / memory_s)
+        self._config = HeadroomConfig(
+            alpha=alpha, gain_up=0.3 * alpha * 24, gain_down=0.02 * alpha * 24,
+            max_step=0.5, dead_band=0.25)
+        self._period_end: float | None = None
+        self._total = 0.0
+        self._missed = 0.0
+        #: Quantiles chosen so far (one per completed period).
+        self.trail: list[float] = []
+
+    def record(self, now: float, requests: float, missed: float | None) -> None:
+        """Tally one decision interval (`missed` requests of `requests`; None: not observed);
+        tune when a period has closed."""
+        if self._period_end is None:
+            self._period_end = now + self.every_s
+        if now >= self._period_end:
+            self._tune(self._period_end)
+            self._period_end = now + self.every_s
+        if missed is None or not math.isfinite(requests) or requests <= 0:
+            return
+        missed = min(max(missed, 0.0), requests)
+        self._total += requests
+        self._missed += missed
+        if self.calibrator is not None:
+            self.calibrator.measured(requests, missed)
+
+    def _tune(self, period_end: float) -> None:
+        total, missed = self._total, self._missed
+        self._total = self._missed = 0.0
+        if self.calibrator is not None:
+            choice = self.calibrator.choose(period_end, 1.0 - self.attainment_target)
+            if choice is not None:
+                # The feedback state follows, so it resumes from here if the record thins.
+                self.quantile = choice.quantile
+                self._state = HeadroomState(choice.quantile, self._state.miss_share,
+                                            self._state.samples)
+                self.calibrated += 1
+                self.trail.append(self.quantile)
+                self.reason = "calibrated: " + choice.reason
+                return
+        if total <= 0:
+            return
+        obs = HeadroomObservation(math.nan, math.nan, 1.0 - missed / total)
+        upd = tune_quantile(self._state, obs, self.attainment_target, self._config)
+        self._state, self.quantile = upd.state, upd.quantile
+        self.trail.append(self.quantile)
+        self.reason = "feedback tuner: " + upd.reason

@@ -1,9 +1,17 @@
 """The reactive floor and forecast-accuracy tracking: pure functions of live signals.
 
-The floor is the HPA's formula, `ceil(current * observed / target)`, over every live signal
-that is present; the final target is the larger of predictive and reactive, so a forecast
-miss is caught within one reconcile. A missing signal contributes nothing (it never reads as
-zero load, which would let the floor fall).
+The floor acts on *observed overload* only: the ready fleet carrying more than its capacity
+(by the tolerance), a queue worth more than `overload_queue_s` of the fleet's capacity or more
+than `queue_per_replica` per ready replica, KV cache or TTFT p95 over their targets. Then it
+asks for the load plus the queue drained within `drain_s`, and for the HPA's
+`ceil(ready * observed / target)` on each signal over its target; the decision takes the larger
+of that and the forecast, so a forecast miss is caught within one reconcile.
+
+Normal load is the forecast's business: the provisioning quantile *is* the headroom, and a
+floor at `load / target_utilisation` on every reconcile would count it twice (the replay
+measured the difference before the two paths were merged). Without a usable forecast the
+policy serves the live load reactively instead (see `models.policy`). A missing signal
+contributes nothing: it never reads as zero load, which would let the floor fall.
 """
 
 from __future__ import annotations
@@ -12,47 +20,67 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from controller.protocols import LiveSignals
+from models.signals import LiveSignals
 
 
 @dataclass(frozen=True)
 class ReactiveTargets:
+    """When live signals mean overload, and how much the floor then asks for."""
+
     capacity_rps: float
     target_utilisation: float
     queue_per_replica: float
     kv_cache_usage: float
     ttft_slo_s: float
     tolerance: float = 0.1
+    #: The floor drains the observed queue within this many seconds at full capacity.
+    drain_s: float = 60.0
+    #: A queue worth this many seconds of the ready fleet's capacity is overload.
+    overload_queue_s: float = 1.0
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
 
 
 def reactive_floor(signals: LiveSignals | None, current: int,
                    targets: ReactiveTargets) -> tuple[int | None, str]:
-    """Replicas the live signals demand now, with the signal that set it; None if no signal."""
+    """Replicas the live signals demand now if the fleet is overloaded, with the signal that
+    set it; (None, why) when nothing is overloaded or nothing is observed.
+
+    `current` is the spec count; the serving fleet is `signals.ready_replicas` when observed
+    (starting replicas do not serve), else `current`.
+    """
     if signals is None:
         return None, "no live signals"
-    base = max(current, 1)
+    ready = signals.ready_replicas if signals.ready_replicas is not None else current
+    base = max(ready, 1)
+    serving = base * targets.capacity_rps
+    rate, queue = _finite(signals.request_rate), _finite(signals.queue_depth)
     candidates: list[tuple[int, str]] = []
-
-    def ratio(observed: float | None, target: float, label: str) -> None:
-        if observed is None or not math.isfinite(observed) or target <= 0:
-            return
-        r = observed / target
-        if abs(r - 1.0) <= targets.tolerance:
-            r = 1.0
-        candidates.append((math.ceil(base * r - 1e-9), f"{label} {observed:.3g} vs {target:.3g}"))
-
-    if signals.request_rate is not None and math.isfinite(signals.request_rate):
-        need = math.ceil(signals.request_rate / (targets.capacity_rps
-                                                 * targets.target_utilisation) - 1e-9)
-        candidates.append((need, f"load {signals.request_rate:.3g} req/s"))
-    if signals.queue_depth is not None:
-        ratio(signals.queue_depth / base, targets.queue_per_replica, "queue/replica")
-    ratio(signals.kv_cache_usage, targets.kv_cache_usage, "KV-cache use")
-    ratio(signals.ttft_p95_s, targets.ttft_slo_s, "TTFT p95")
+    tol = 1.0 + targets.tolerance
+    if rate is not None and rate > tol * serving:
+        candidates.append((0, f"load {rate:.3g} req/s over {base} ready replicas' "
+                              f"{serving:.3g}"))
+    if queue is not None and (queue > targets.overload_queue_s * serving
+                              or queue / base > tol * targets.queue_per_replica):
+        candidates.append((math.ceil(queue / targets.queue_per_replica - 1e-9),
+                           f"queue {queue:.3g} ({queue / base:.3g}/replica, target "
+                           f"{targets.queue_per_replica:.3g})"))
+    for observed, target, label in (
+            (_finite(signals.kv_cache_usage), targets.kv_cache_usage, "KV-cache use"),
+            (_finite(signals.ttft_p95_s), targets.ttft_slo_s, "TTFT p95")):
+        if observed is not None and target > 0 and observed > tol * target:
+            candidates.append((math.ceil(base * observed / target - 1e-9),
+                               f"{label} {observed:.3g} over {target:.3g}"))
     if not candidates:
-        return None, "no live signals"
+        return None, "not overloaded"
+    if rate is not None:
+        drain = math.ceil((rate + (queue or 0.0) / targets.drain_s)
+                          / (targets.capacity_rps * targets.target_utilisation) - 1e-9)
+        candidates = [(max(n, drain), why) for n, why in candidates]
     n, why = max(candidates)
-    return n, why
+    return max(n, ready), f"overload: {why}"
 
 
 @dataclass

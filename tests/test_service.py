@@ -94,7 +94,8 @@ def test_holds_replicas_when_history_and_live_signals_are_missing() -> None:
     assert report.models == {}
     rec = svc.reconcile()[0]
     assert rec.desired == 7 and rec.current == 7
-    assert "NoForecast" in {r["code"] for r in rec.reasons} or rec.reasons == ()
+    assert rec.outcome != "failed"
+    assert "NoForecast" in {r["code"] for r in rec.reasons}
     assert metric(svc, "forescale_reconcile_errors_total", variant="v",
                   kind="live-signals") == 1
     assert metric(svc, "forescale_training_failures_total", variant="v") == 1
@@ -292,7 +293,8 @@ def test_headroom_is_calibrated_on_the_forecast_record_after_a_day_of_windows() 
     svc = make_service(load, now)
     svc.retrain()
     rt = svc.variants["v"]
-    for k in range(CALIBRATION_MIN_WINDOWS + 30):
+    # The tuner chooses once an hour: run to the first hour after the record is long enough.
+    for k in range(CALIBRATION_MIN_WINDOWS + 60):
         svc.clock_box["now"] = now + k * STEP  # type: ignore[attr-defined]
         if k == 10:
             assert rt.headroom_reason.startswith("feedback tuner")

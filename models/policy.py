@@ -1,0 +1,268 @@
+"""One variant's scaling policy: the object `forescale serve`, `demo` and `replay` all drive.
+
+Everything a decision depends on lives here, pure (no I/O, no clock: `now` is an argument):
+the settings derived from the variant's config (`PolicySettings`), the scaling state the
+behaviour needs (recent recommendations and scale events), the headroom tuner and its
+calibrator, and the accuracy tracker behind the reactive fallback. The controller's only job
+is to read (replicas, live signals, a forecast), call `VariantPolicy.step`, act on the
+decision and `commit` what it observed, so a replay that drives the same `Service` on a
+virtual clock makes, line for line, the decisions `serve` would have made.
+
+One step is the HPA-shaped two-stage pipeline of `models.decide`:
+
+    recommend   forecast need at the tuned quantile over the window one cold start ahead
+                (corrected by the live load inside a long window: `nowcast`), or the live
+                load when the forecast is missing or worse than naive (reactive mode); raised
+                to the overload floor of the live signals (`models.reactive`); dead band
+    normalise   scale-down stabilisation and the forecast's near-term need, rate limits,
+                min/max, GPU quota, zero guard; every clamp a reason code
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from forecaster.base import FloatArray, Forecast
+from models.decide import (
+    Decision,
+    DemandForecast,
+    ReasonCode,
+    ScalingPolicy,
+    ScalingState,
+    decide,
+    next_state,
+)
+from models.headroom import (
+    CALIBRATION_MARGIN,
+    HeadroomTuner,
+    ShortfallModel,
+    calibrator_for,
+    shortfall_model,
+)
+from models.reactive import AccuracyTracker, ReactiveTargets, reactive_floor
+from models.signals import LiveSignals
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """What a variant's decisions depend on; the controller derives it from the config."""
+
+    scaling: ScalingPolicy
+    #: Requests/s one replica serves within the SLO (`models.capacity.capacity_at_slo`).
+    capacity_rps: float
+    cold_start_s: float
+    reactive: ReactiveTargets
+    #: Share of requests within the TTFT SLO the user asked for.
+    attainment_target: float
+    #: TTFT SLO minus the base TTFT at full load: the queueing a request may absorb.
+    ttft_slack_s: float
+    #: How often the policy is stepped (the reconcile interval).
+    interval_s: float
+    #: The live request rate is a mean over this window (the `rate(...[2m])` of the signal,
+    #: or the simulator's metrics window); it delays seeing a shortfall.
+    metrics_window_s: float = 60.0
+    gpus_per_replica: int = 1
+    gpu_hourly_usd: float = 0.0
+    #: Correct a forecast issued at the start of a long window with the live load.
+    nowcast: bool = True
+
+    def shortfall(self, step_s: float) -> ShortfallModel:
+        """How a window short of capacity turns into missed requests (for the calibrator):
+        seeing the shortfall takes the metrics window and a decision interval."""
+        return shortfall_model(step_s, self.cold_start_s,
+                               self.metrics_window_s + self.interval_s, self.ttft_slack_s,
+                               self.scaling.target_utilisation)
+
+
+def nowcast(qs: dict[float, FloatArray], live_rps: float, elapsed_s: float, step_s: int,
+            metrics_window_s: float) -> dict[float, FloatArray]:
+    """Correct a forecast issued at the start of the current window with the live load.
+
+    The forecast's windows start with the current (partly observed) one. Once the metrics
+    window lies inside it, the live rate is an observation of that window: its deviation
+    from the median forecast is carried into every later window (as a naive forecast would
+    carry the last value), and the current window's spread shrinks with the share of it
+    already observed. Windows shorter than two metrics windows are left alone: there the
+    forecast already starts from the newest completed window.
+    """
+    if step_s < 2 * metrics_window_s or elapsed_s < metrics_window_s or 0.5 not in qs \
+            or not math.isfinite(live_rps):
+        return qs
+    median = qs[0.5]
+    if median.shape[0] == 0 or not math.isfinite(float(median[0])):
+        return qs
+    offset = live_rps - float(median[0])
+    remaining = max(0.0, 1.0 - elapsed_s / step_s)
+    out: dict[float, FloatArray] = {}
+    for q, v in qs.items():
+        w = v + offset
+        w[0] = live_rps + (float(v[0]) - float(median[0])) * remaining
+        out[q] = np.maximum(w, 0.0)
+    return out
+
+
+def interval_misses(live: LiveSignals | None, ready: int, settings: PolicySettings
+                    ) -> tuple[float, float | None]:
+    """(requests, missed requests) of the interval ending now, from the live signals.
+
+    The wait a request meets is the queue over the ready fleet's service rate (what a TTFT
+    histogram would show): over the SLO's slack, the interval's requests count as missed. A
+    TTFT p95 over the SLO without a queue estimate means at least 5% missed. Unknown: None.
+    """
+    if live is None or live.request_rate is None or not math.isfinite(live.request_rate):
+        return 0.0, None
+    requests = live.request_rate * settings.interval_s
+    serving = ready * settings.capacity_rps
+    if live.queue_depth is not None and math.isfinite(live.queue_depth):
+        wait = live.queue_depth / serving if serving > 0 else (
+            math.inf if live.queue_depth > 0 else 0.0)
+        return requests, requests if wait > settings.ttft_slack_s else 0.0
+    if live.ttft_p95_s is not None and math.isfinite(live.ttft_p95_s):
+        over = live.ttft_p95_s > settings.reactive.ttft_slo_s
+        return requests, 0.05 * requests if over else 0.0
+    return requests, None
+
+
+class VariantPolicy:
+    """A variant's decision and the state it keeps between decisions (see module doc)."""
+
+    def __init__(self, settings: PolicySettings, quantile: float) -> None:
+        self.settings = settings
+        self.scaling: ScalingState | None = None
+        self.accuracy = AccuracyTracker()
+        self.headroom = HeadroomTuner(
+            quantile, settings.attainment_target
+            + CALIBRATION_MARGIN * (1.0 - settings.attainment_target))
+        self.last: Decision | None = None
+        #: Decisions made on a forecast, and those the overload floor raised.
+        self.forecast_decisions = 0
+        self.floor_decisions = 0
+
+    # ------------------------------------------------------------------ configuration
+    def reconfigure(self, settings: PolicySettings) -> None:
+        """New settings (a config reload); the state carries over. The calibrator is rebuilt
+        at the next forecast if its shortfall model changed."""
+        self.settings = settings
+        self.headroom.attainment_target = settings.attainment_target + CALIBRATION_MARGIN * (
+            1.0 - settings.attainment_target)
+
+    @property
+    def quantile(self) -> float:
+        return self.headroom.quantile
+
+    @property
+    def fallback_active(self) -> bool:
+        return self.accuracy.fallback_active
+
+    def restore(self, scaling: ScalingState, quantile: float | None) -> None:
+        """State saved by an earlier process (stabilisation windows, the tuned quantile)."""
+        self.scaling = scaling
+        if quantile is not None:
+            self.headroom.quantile = quantile
+
+    # ------------------------------------------------------------------ the step
+    def _calibrate(self, fc: Forecast, observed: tuple[float, float] | None) -> None:
+        """Give the calibrator the forecast that orders replicas for the window one cold
+        start ahead, and the load of the window just completed."""
+        levels = tuple(sorted(fc.quantiles))
+        if len(levels) < 2:
+            return
+        model = self.settings.shortfall(float(fc.step_s))
+        cal = self.headroom.calibrator
+        if cal is None or cal.levels != levels or cal.model != model:
+            self.headroom.calibrator = cal = calibrator_for(levels, model)
+        ahead = min(fc.horizon - 1, int(self.settings.cold_start_s // fc.step_s))
+        if observed is not None:
+            cal.observe(*observed)
+        cal.expect(fc.issued_at + ahead * fc.step_s,
+                   {lv: float(fc.at(lv)[ahead]) for lv in cal.levels}, self.quantile)
+
+    def _track(self, fc: Forecast, observed: tuple[float, float] | None) -> None:
+        """Score the forecast of the window just completed against its load (the accuracy
+        fallback), and record this forecast for the calibrator."""
+        self._calibrate(fc, observed)
+        lo, hi = min(fc.quantiles), max(fc.quantiles)
+        provisioned = float(fc.at(min(max(self.quantile, lo), hi))[0])
+        if observed is not None:
+            p50 = float(fc.at(min(max(0.5, lo), hi))[0])
+            self.accuracy.expect(fc.issued_at, p50, provisioned, observed[1])
+            self.accuracy.observe(*observed)
+
+    def _demand(self, now: float, live: LiveSignals | None, fc: Forecast | None,
+                observed: tuple[float, float] | None, why: str
+                ) -> tuple[DemandForecast | None, str, bool]:
+        """The demand to provision for, where it came from, and whether it is the live load
+        (reactive mode) rather than a forecast."""
+        rate = live.request_rate if live is not None else None
+        if rate is not None and not math.isfinite(rate):
+            rate = None
+        if fc is not None and not all(np.isfinite(v).all() for v in fc.quantiles.values()):
+            why = f"forecast from {fc.model} has NaN/Inf: ignored"
+            fc = None
+        if fc is None:
+            # Missing or broken forecast: hold (the overload floor can still raise it).
+            return None, why, False
+        self._track(fc, observed)
+        if not self.accuracy.fallback_active:
+            qs = dict(fc.quantiles)
+            if self.settings.nowcast and rate is not None:
+                qs = nowcast(qs, rate, now - fc.issued_at, fc.step_s,
+                             self.settings.metrics_window_s)
+            self.forecast_decisions += 1
+            return DemandForecast(fc.issued_at, fc.step_s, qs), f"model {fc.model}", False
+        why = "reactive fallback: forecast worse than the naive baseline recently"
+        if rate is None:
+            return None, why, False
+        # Reactive mode: the live load, served at the utilisation target, both ways.
+        horizon = max(2, math.ceil((self.settings.cold_start_s
+                                    + self.settings.scaling.forecast_window_s)
+                                   / self.settings.interval_s) + 2)
+        flat = np.full(horizon, rate)
+        return (DemandForecast(now, max(1, round(self.settings.interval_s)), {0.5: flat}),
+                f"{why}; serving the live load {rate:.3g} req/s reactively", True)
+
+    def step(self, now: float, current: int, live: LiveSignals | None,
+             forecast: Forecast | None, observed: tuple[float, float] | None = None,
+             why: str = "no forecast", *, quota: int | None = None,
+             quota_why: str = "") -> tuple[Decision, str]:
+        """The decision at `now` for a fleet of `current` replicas (spec), and where its demand
+        came from. `observed`: (start, load) of the newest completed forecast window."""
+        s = self.settings
+        ready = live.ready_replicas if live is not None and live.ready_replicas is not None \
+            else current
+        requests, missed = interval_misses(live, ready, s)
+        self.headroom.record(now, requests, missed)
+        floor, floor_why = reactive_floor(live, current, s.reactive)
+        demand, source, reactive = self._demand(now, live, forecast, observed, why)
+        state = self.scaling_state(current)
+        decision = decide(demand, s.capacity_rps, s.cold_start_s, s.scaling, state, now,
+                          reactive_floor=floor, floor_why=floor_why,
+                          quantile=0.5 if reactive else self.quantile,
+                          gpus_per_replica=s.gpus_per_replica,
+                          gpu_hourly_usd=s.gpu_hourly_usd, quota=quota, quota_why=quota_why)
+        if reactive:
+            decision = replace(decision, reasons=tuple(
+                replace(r, code=ReasonCode.REACTIVE.value) if r.code == "ForecastPeak" else r
+                for r in decision.reasons))
+        if floor is not None and (decision.predictive is None or floor > decision.predictive):
+            self.floor_decisions += 1
+        self.last = decision
+        return decision, source
+
+    def scaling_state(self, current: int) -> ScalingState:
+        """The remembered state with the replicas observed now (someone may have changed them
+        by hand: the workload is the truth)."""
+        if self.scaling is None:
+            return ScalingState(current_replicas=current)
+        return replace(self.scaling, current_replicas=current)
+
+    def commit(self, decision: Decision, now: float, applied: bool) -> None:
+        """Remember the decision; when it was not applied (dry-run failures, a follower), the
+        fleet stays where it was."""
+        state = self.scaling_state(decision.current)
+        self.scaling = next_state(state, decision, now, self.settings.scaling)
+        if not applied:
+            self.scaling = replace(self.scaling, current_replicas=decision.current)
