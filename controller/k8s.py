@@ -1,8 +1,16 @@
-"""The Kubernetes actuator: reads and sets a Deployment's replicas through its scale subresource.
+"""The Kubernetes actuator: reads and sets a workload's replicas through its scale subresource.
 
-Why the scale subresource and not the Deployment: it is the narrow door the API offers
+Why the scale subresource and not the workload: it is the narrow door the API offers
 autoscalers (HPA and KEDA use it too), so the ServiceAccount needs only `get`/`patch` on
-`deployments/scale` rather than write access to whole Deployments (see deploy/rbac.yaml).
+`<resource>/scale` rather than write access to whole Deployments (see deploy/rbac.yaml).
+
+Any workload with a scale subresource can be a target, named as an HPA names it: a
+`ScaleTargetRef` (namespace, apiVersion, kind, name) - Deployment, StatefulSet,
+LeaderWorkerSet, an operator's scaling adapter. The kind is turned into its resource (plural)
+through API discovery of its group/version, the way the HPA's RESTMapper does, and a kind whose
+resource has no `/scale` is refused with a message saying so. The old `(namespace, name)` pair
+still means an `apps/v1` Deployment. Discovery answers are cached per group/version
+(`discovery_cache_s`), and dropped when a target answers 404 (its CRD may have been removed).
 
 Each write is a merge patch carrying the `resourceVersion` that was read, so it is conditional:
 if someone else changed the replicas in between, the server answers 409 and we re-read and try
@@ -13,7 +21,7 @@ timeouts, dropped connections, 429 and 5xx are `TemporaryError` (try again next 
 404 and invalid requests are `PermanentError`, with a message that names the verb, the resource
 and the namespace, because the fix is in RBAC or in the config, not in waiting.
 
-forescale refuses to scale a Deployment that an HPA also targets: two controllers writing the
+forescale refuses to scale a workload that an HPA also targets: two controllers writing the
 same `spec.replicas` fight and the replicas flap. The check lists HPAs in the namespace and is
 cached briefly, so it costs one request per namespace per `hpa_cache_s`.
 
@@ -31,7 +39,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import urllib3
 from kubernetes import client as k8s
@@ -55,15 +63,6 @@ RBAC_HINT = "check deploy/rbac.yaml"
 TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
 #: Everything a client call can fail with that `translate_error` understands.
 CLIENT_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError)
-
-
-@dataclass(frozen=True)
-class HpaConflict:
-    """An HPA whose scaleTargetRef is a Deployment forescale was told to scale."""
-
-    namespace: str
-    hpa: str
-    deployment: str
 
 
 def _server_message(exc: ApiException) -> str:
@@ -114,7 +113,8 @@ def translate_error(
     if status == 404:
         return PermanentError(
             f"not found: {verb} {what} failed because it does not exist - check the variant's "
-            f"deployment/namespace in the forescale config (server said: {detail})"
+            f"scale target (scaleTargetRef or deployment) and namespace in the forescale config "
+            f"(server said: {detail})"
         )
     if status == 429 or status >= 500:
         return TemporaryError(
@@ -154,22 +154,81 @@ def default_instance(component: str) -> str:
     return f"{component}-{os.environ.get('POD_NAME') or socket.gethostname()}"[:128]
 
 
-class KubernetesScaleTarget:
-    """`ScaleTarget` over the scale subresource of one Deployment per variant.
+@dataclass(frozen=True)
+class ScaleTargetRef:
+    """What to scale, as an HPA's scaleTargetRef names it, plus the namespace it lives in."""
 
-    `deployments` maps variant -> (namespace, deployment name). `component` is the Event's
-    reportingController. Time is read through `clock` (monotonic seconds) so the HPA cache can
-    be tested without sleeping.
+    namespace: str
+    api_version: str
+    kind: str
+    name: str
+
+    @classmethod
+    def deployment(cls, namespace: str, name: str) -> ScaleTargetRef:
+        """The file config's `deployment: {namespace, name}`: an apps/v1 Deployment."""
+        return cls(namespace, "apps/v1", "Deployment", name)
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name} ({self.api_version})"
+
+
+@dataclass(frozen=True)
+class ScaleResource:
+    """A kind resolved to its resource through discovery: where its scale subresource is."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    @property
+    def scale(self) -> str:
+        """The RBAC name of the subresource, e.g. `statefulsets/scale`."""
+        return f"{self.plural}/scale"
+
+
+@dataclass(frozen=True)
+class HpaConflict:
+    """An HPA whose scaleTargetRef is a workload forescale was told to scale."""
+
+    namespace: str
+    hpa: str
+    kind: str
+    name: str
+
+
+def _as_ref(value: ScaleTargetRef | tuple[str, str]) -> ScaleTargetRef:
+    if isinstance(value, ScaleTargetRef):
+        return value
+    namespace, name = value
+    return ScaleTargetRef.deployment(namespace, name)
+
+
+class KubernetesScaleTarget:
+    """`ScaleTarget` over the scale subresource of one workload per variant.
+
+    `targets` maps variant -> `ScaleTargetRef`, or -> (namespace, deployment name) for an
+    apps/v1 Deployment. `component` is the Event's reportingController. Time is read through
+    `clock` (monotonic seconds) so the HPA and discovery caches can be tested without sleeping.
     """
 
     def __init__(
         self,
         api_client: k8s.ApiClient,
-        deployments: Mapping[str, tuple[str, str]],
+        targets: Mapping[str, ScaleTargetRef | tuple[str, str]],
         component: str = "forescale",
         *,
         instance: str | None = None,
         hpa_cache_s: float = 30.0,
+        discovery_cache_s: float = 600.0,
         max_conflict_retries: int = 3,
         request_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
@@ -177,58 +236,130 @@ class KubernetesScaleTarget:
         if max_conflict_retries < 0:
             raise ValueError("max_conflict_retries must be >= 0")
         self.api_client = api_client  # shared with the LeaderElector: one connection pool
-        self.deployments = dict(deployments)
+        self.targets = {variant: _as_ref(t) for variant, t in targets.items()}
         self.component = component
         self.instance = instance or default_instance(component)
         self.hpa_cache_s = hpa_cache_s
+        self.discovery_cache_s = discovery_cache_s
         self.max_conflict_retries = max_conflict_retries
         self.request_timeout_s = request_timeout_s
         self._clock = clock
-        self._apps = k8s.AppsV1Api(api_client)
+        self._custom = k8s.CustomObjectsApi(api_client)
         self._autoscaling = k8s.AutoscalingV2Api(api_client)
         self._events = k8s.EventsV1Api(api_client)
         self._hpa_cache: dict[str, tuple[float, tuple[HpaConflict, ...]]] = {}
+        self._discovery: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    # ------------------------------------------------------------------ targets
+
+    def set_target(self, variant: str, target: ScaleTargetRef) -> None:
+        """Start (or change) what `variant` scales, e.g. when its VariantAutoscaler changes."""
+        self.targets[variant] = target
+
+    def remove_target(self, variant: str) -> None:
+        """Stop scaling `variant` (its VariantAutoscaler was deleted); unknown is a no-op."""
+        self.targets.pop(variant, None)
 
     # ------------------------------------------------------------------ ScaleTarget
 
     def current_replicas(self, variant: str) -> int:
-        """The Deployment's spec.replicas, read from its scale subresource."""
-        namespace, name = self._target(variant)
-        return _spec_replicas(self._read_scale(namespace, name))
+        """The target's spec.replicas, read from its scale subresource."""
+        ref = self._target(variant)
+        return _spec_replicas(self._read_scale(ref, self.resolve(ref)))
 
     def apply(self, variant: str, replicas: int, reasons: Sequence[str]) -> ScaleResult:
         """Set spec.replicas to `replicas` (conditionally on what was read), then post an Event.
 
-        Does nothing, and posts nothing, when the Deployment is already at `replicas`.
+        Does nothing, and posts nothing, when the target is already at `replicas`.
         """
         if replicas < 0:
             raise PermanentError(f"refusing to scale variant {variant!r} to {replicas} replicas")
-        namespace, name = self._target(variant)
-        self._refuse_if_hpa(namespace, name)
+        ref = self._target(variant)
+        resource = self.resolve(ref)
+        self._refuse_if_hpa(ref)
+        where = f"{ref.namespace}/{ref.name}"
         for attempt in range(self.max_conflict_retries + 1):
-            scale = self._read_scale(namespace, name)
+            scale = self._read_scale(ref, resource)
             previous = _spec_replicas(scale)
             if previous == replicas:
                 return ScaleResult(variant, previous, replicas, False,
-                                   f"{namespace}/{name} already at {replicas} replicas")
-            meta = scale.metadata or k8s.V1ObjectMeta()
-            if self._patch_replicas(namespace, name, meta.resource_version, replicas):
-                self._post_event(namespace, name, meta.uid, previous, replicas, reasons)
+                                   f"{where} already at {replicas} replicas")
+            meta = scale.get("metadata") or {}
+            if self._patch_replicas(ref, resource, meta.get("resourceVersion"), replicas):
+                self._post_event(ref, meta.get("uid"), previous, replicas, reasons)
                 return ScaleResult(variant, previous, replicas, True,
-                                   f"scaled deployment {namespace}/{name} from {previous} to "
+                                   f"scaled {ref.kind.lower()} {where} from {previous} to "
                                    f"{replicas} replicas")
-            logger.info("conflict scaling %s/%s (attempt %d); re-reading", namespace, name,
-                        attempt + 1)
+            logger.info("conflict scaling %s (attempt %d); re-reading", ref, attempt + 1)
         raise TemporaryError(
-            f"conflict: deployments/scale {namespace}/{name} kept changing under us "
+            f"conflict: {resource.scale} {where} kept changing under us "
             f"({self.max_conflict_retries + 1} attempts); will retry on the next reconcile"
         )
 
+    # ------------------------------------------------------------------ discovery
+
+    def resolve(self, ref: ScaleTargetRef) -> ScaleResource:
+        """The resource behind `ref`'s kind, found through discovery of its group/version
+        (cached), as the HPA's RESTMapper finds it; refused if it has no scale subresource.
+
+        A kind missing from a cached answer triggers one fresh discovery (a CRD may have been
+        installed since), so a new kind is picked up without a restart.
+        """
+        if not ref.group:
+            raise PermanentError(
+                f"scaleTargetRef {ref}: core/v1 kinds have no scale subresource forescale "
+                f"supports; give a group/version such as apps/v1")
+        entry = self._discovery.get(ref.api_version)
+        if entry is None or self._clock() - entry[0] >= self.discovery_cache_s:
+            resources = self._discover(ref)
+        else:
+            resources = entry[1]
+            if ref.kind not in resources:
+                resources = self._discover(ref)
+        found = resources.get(ref.kind)
+        if found is None:
+            kinds = ", ".join(sorted(resources)) or "none"
+            raise PermanentError(
+                f"scaleTargetRef {ref}: kind {ref.kind!r} is not served in {ref.api_version} "
+                f"(served kinds: {kinds}) - check scaleTargetRef.kind and apiVersion")
+        if f"{found.name}/scale" not in resources.get("/subresources", {}):
+            raise PermanentError(
+                f"scaleTargetRef {ref}: {found.name}.{ref.group} has no scale subresource, so "
+                f"neither forescale nor an HPA can scale it - point scaleTargetRef at the "
+                f"workload that owns the replicas")
+        return ScaleResource(ref.group, ref.version, str(found.name), ref.kind)
+
+    def _discover(self, ref: ScaleTargetRef) -> dict[str, Any]:
+        """GET /apis/<group>/<version>: kind -> APIResource, plus "/subresources" (names)."""
+        try:
+            found = self._custom.get_api_resources(ref.group, ref.version,
+                                                   _request_timeout=self.request_timeout_s)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise PermanentError(
+                    f"scaleTargetRef {ref}: the API server does not serve {ref.api_version} - "
+                    f"is the CRD of {ref.kind} installed? (check scaleTargetRef.apiVersion)"
+                ) from exc
+            raise translate_error(exc, "get", f"discovery of {ref.api_version}",
+                                  ref.namespace) from exc
+        except TRANSPORT_ERRORS as exc:
+            raise translate_error(exc, "get", f"discovery of {ref.api_version}",
+                                  ref.namespace) from exc
+        resources: dict[str, Any] = {"/subresources": {}}
+        for r in found.resources or []:
+            if "/" in r.name:
+                resources["/subresources"][r.name] = r
+            else:
+                resources[r.kind] = r
+        self._discovery[ref.api_version] = (self._clock(), resources)
+        return resources
+
     # ------------------------------------------------------------------ HPA guard
 
-    def hpa_conflicts(self, namespace: str, name: str) -> list[HpaConflict]:
-        """HPAs in `namespace` whose scaleTargetRef is Deployment `name` (cached per namespace)."""
-        now = self._clock()
+    def hpa_conflicts(self, ref: ScaleTargetRef) -> list[HpaConflict]:
+        """HPAs in the target's namespace whose scaleTargetRef is the same workload (same API
+        group, kind and name; cached per namespace)."""
+        now, namespace = self._clock(), ref.namespace
         cached = self._hpa_cache.get(namespace)
         if cached is None or now - cached[0] >= self.hpa_cache_s:
             found = _call(
@@ -238,67 +369,84 @@ class KubernetesScaleTarget:
                 "list", "horizontalpodautoscalers", namespace,
             )
             targets = tuple(
-                HpaConflict(namespace, str(hpa.metadata.name), hpa.spec.scale_target_ref.name)
+                HpaConflict(namespace, str(hpa.metadata.name), hpa.spec.scale_target_ref.kind,
+                            hpa.spec.scale_target_ref.name)
                 for hpa in found.items or []
-                if hpa.metadata is not None and hpa.spec.scale_target_ref.kind == "Deployment"
+                if hpa.metadata is not None and _same_group(
+                    hpa.spec.scale_target_ref.api_version, ref.group)
             )
             cached = (now, targets)
             self._hpa_cache[namespace] = cached
-        return [c for c in cached[1] if c.deployment == name]
+        return [c for c in cached[1] if (c.kind, c.name) == (ref.kind, ref.name)]
 
-    def _refuse_if_hpa(self, namespace: str, name: str) -> None:
-        conflicts = self.hpa_conflicts(namespace, name)
+    def _refuse_if_hpa(self, ref: ScaleTargetRef) -> None:
+        conflicts = self.hpa_conflicts(ref)
         if conflicts:
             hpas = ", ".join(f"{c.namespace}/{c.hpa}" for c in conflicts)
             raise PermanentError(
-                f"HPA conflict: deployment {namespace}/{name} is also scaled by "
+                f"HPA conflict: {ref.kind.lower()} {ref.namespace}/{ref.name} is also scaled by "
                 f"HorizontalPodAutoscaler {hpas}; forescale will not fight it. Delete the HPA, "
                 f"or run forescale in metric mode so the HPA scales on forescale's target."
             )
 
     # ------------------------------------------------------------------ API calls
 
-    def _target(self, variant: str) -> tuple[str, str]:
+    def _target(self, variant: str) -> ScaleTargetRef:
         try:
-            return self.deployments[variant]
+            return self.targets[variant]
         except KeyError:
             raise PermanentError(
-                f"variant {variant!r} has no Deployment configured "
-                f"(known: {', '.join(sorted(self.deployments)) or 'none'})"
+                f"variant {variant!r} has no scale target configured "
+                f"(known: {', '.join(sorted(self.targets)) or 'none'})"
             ) from None
 
-    def _read_scale(self, namespace: str, name: str) -> k8s.V1Scale:
-        return _call(
-            lambda: self._apps.read_namespaced_deployment_scale(
-                name, namespace, _request_timeout=self.request_timeout_s
-            ),
-            "get", "deployments/scale", namespace, name,
-        )
+    def _forget_discovery(self, exc: ApiException, ref: ScaleTargetRef) -> None:
+        """A 404 on a resolved target may mean its resource went away: re-discover next time."""
+        if exc.status == 404:
+            self._discovery.pop(ref.api_version, None)
 
-    def _patch_replicas(self, namespace: str, name: str, resource_version: str | None,
-                        replicas: int) -> bool:
+    def _read_scale(self, ref: ScaleTargetRef, resource: ScaleResource) -> dict[str, Any]:
+        try:
+            scale = self._custom.get_namespaced_custom_object_scale(
+                resource.group, resource.version, ref.namespace, resource.plural, ref.name,
+                _request_timeout=self.request_timeout_s,
+            )
+        except ApiException as exc:
+            self._forget_discovery(exc, ref)
+            _raise(exc, "get", resource.scale, ref.namespace, ref.name)
+        except TRANSPORT_ERRORS as exc:
+            _raise(exc, "get", resource.scale, ref.namespace, ref.name)
+        if not isinstance(scale, dict):
+            raise PermanentError(f"{resource.scale} {ref.namespace}/{ref.name}: the server "
+                                 f"answered with a {type(scale).__name__}, not a Scale object")
+        return scale
+
+    def _patch_replicas(self, ref: ScaleTargetRef, resource: ScaleResource,
+                        resource_version: str | None, replicas: int) -> bool:
         """Patch spec.replicas if the Scale is still at `resource_version`; False on 409."""
         body = {"metadata": {"resourceVersion": resource_version}, "spec": {"replicas": replicas}}
         try:
-            self._apps.patch_namespaced_deployment_scale(
-                name, namespace, body, _content_type=MERGE_PATCH,
-                _request_timeout=self.request_timeout_s,
+            self._custom.patch_namespaced_custom_object_scale(
+                resource.group, resource.version, ref.namespace, resource.plural, ref.name,
+                body, _content_type=MERGE_PATCH, _request_timeout=self.request_timeout_s,
             )
         except ApiException as exc:
             if exc.status == 409:
                 return False
-            _raise(exc, "patch", "deployments/scale", namespace, name)
+            self._forget_discovery(exc, ref)
+            _raise(exc, "patch", resource.scale, ref.namespace, ref.name)
         except TRANSPORT_ERRORS as exc:
-            _raise(exc, "patch", "deployments/scale", namespace, name)
+            _raise(exc, "patch", resource.scale, ref.namespace, ref.name)
         return True
 
-    def _post_event(self, namespace: str, name: str, uid: str | None, previous: int,
+    def _post_event(self, ref: ScaleTargetRef, uid: str | None, previous: int,
                     replicas: int, reasons: Sequence[str]) -> None:
-        """Record the change on the Deployment, best effort: a lost Event never fails a scale.
+        """Record the change on the target, best effort: a lost Event never fails a scale.
 
         The broad except is deliberate: whatever goes wrong while reporting, the replicas have
         already changed and the loop must learn that, so the error is only logged.
         """
+        namespace, name = ref.namespace, ref.name
         note = f"Scaled from {previous} to {replicas} replicas"
         if reasons:
             note += ": " + "; ".join(reasons)
@@ -311,7 +459,8 @@ class KubernetesScaleTarget:
             note=truncate_utf8(note, NOTE_LIMIT_BYTES),
             type="Normal",
             regarding=k8s.V1ObjectReference(
-                api_version="apps/v1", kind="Deployment", name=name, namespace=namespace, uid=uid
+                api_version=ref.api_version, kind=ref.kind, name=name, namespace=namespace,
+                uid=uid,
             ),
             reporting_controller=self.component,
             reporting_instance=self.instance,
@@ -329,8 +478,15 @@ class KubernetesScaleTarget:
                            EVENT_REASON, reported)
 
 
-def _spec_replicas(scale: k8s.V1Scale) -> int:
-    return int(scale.spec.replicas or 0) if scale.spec is not None else 0
+def _same_group(api_version: str | None, group: str) -> bool:
+    """Whether an HPA's scaleTargetRef.apiVersion is in `group` (any version; unset: apps,
+    which is what an HPA without apiVersion resolves a Deployment to)."""
+    return (api_version or "apps/v1").rpartition("/")[0] == group
+
+
+def _spec_replicas(scale: Mapping[str, Any]) -> int:
+    replicas = (scale.get("spec") or {}).get("replicas")
+    return int(replicas) if isinstance(replicas, int) else 0
 
 
 def _raise(exc: BaseException, verb: str, resource: str, namespace: str, name: str) -> NoReturn:

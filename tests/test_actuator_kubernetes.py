@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -16,6 +17,8 @@ from kubernetes import client
 from controller.k8s import (
     EVENT_REASON,
     KubernetesScaleTarget,
+    ScaleResource,
+    ScaleTargetRef,
     make_api_client,
     translate_error,
     truncate_utf8,
@@ -127,12 +130,12 @@ def test_real_concurrent_write_is_detected_and_the_fresh_value_reported(
     target = make_target(api)
     original = target._read_scale
 
-    def read_then_interfere(namespace: str, name: str) -> client.V1Scale:
-        scale = original(namespace, name)
+    def read_then_interfere(ref: ScaleTargetRef, resource: ScaleResource) -> dict[str, Any]:
+        scale = original(ref, resource)
         if not getattr(read_then_interfere, "done", False):
             read_then_interfere.done = True  # type: ignore[attr-defined]
             client.AppsV1Api(api.api_client()).patch_namespaced_deployment_scale(
-                name, namespace, {"spec": {"replicas": 7}})
+                ref.name, ref.namespace, {"spec": {"replicas": 7}})
         return scale
 
     target._read_scale = read_then_interfere  # type: ignore[method-assign]
@@ -176,7 +179,7 @@ def test_missing_deployment_is_permanent(api: K8sEmulator) -> None:
     target = KubernetesScaleTarget(api.api_client(), {"ghost": (NS, "ghost")})
     with pytest.raises(PermanentError, match=r"not found.*deployments/scale llm/ghost"):
         target.current_replicas("ghost")
-    with pytest.raises(PermanentError, match="no Deployment configured"):
+    with pytest.raises(PermanentError, match="no scale target configured"):
         target.current_replicas("llama-8b")
 
 
