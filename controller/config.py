@@ -2,22 +2,210 @@
 
 Every field is documented here and in `deploy/config.example.yaml`. A bad file is refused at
 start with the field's path, the value and what is allowed (`ConfigError`), never a traceback.
+
+Beyond the schema, a config is refused when it would run other than it reads:
+
+- a key given twice in one mapping (YAML keeps the last silently: `actuation: dry-run` then
+  `actuation: scale` would scale a fleet reviewed as a dry run) names the key and both lines;
+- a value pydantic would coerce: `true` where a number belongs, `2.0` or `"5"` where a whole
+  number belongs, `1` where true/false belongs, `.inf`/`.nan` anywhere;
+- a count past its bound (`MAX_REPLICAS`, `MAX_GPUS`);
+- a secret or CA file (`api.token_file`, `prometheus.bearer_token_file`,
+  `prometheus.basic_auth.password_file`, `prometheus.ca_file`) that is not a readable file
+  *when the config is loaded* (a missing file would silently mean "no token"). Relative paths
+  are from the working directory; the shipped examples name no file;
+- PromQL in `signals` or a `selector` with unbalanced brackets or an unclosed string;
+- a file that is not UTF-8 text (the byte offset is named).
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
+import math
+import os
+from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from models.profile import SLO, VariantProfile
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message is meant for the person who wrote it."""
+
+
+#: Upper bound of `min_replicas`/`max_replicas`: far above any real fleet of one variant, low
+#: enough that a typo (`1e29`, an extra digit) is refused rather than ordered.
+MAX_REPLICAS = 10_000
+#: Upper bound of a `gpu_quotas` entry.
+MAX_GPUS = 100_000
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class StrictKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key repeated in one mapping (naming both lines) instead
+    of keeping the last. Keys brought in by a merge (`<<: *anchor`) may still be overridden:
+    that is what a merge is for."""
+
+    def construct_mapping(self, node: yaml.MappingNode,
+                          deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Mark] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                mark = key_node.start_mark
+                try:
+                    first = seen.setdefault(key, mark)
+                except TypeError:  # unhashable: SafeConstructor names it below
+                    continue
+                if first is not mark:
+                    columns = f" (columns {first.column + 1} and {mark.column + 1})" \
+                        if first.line == mark.line else ""
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} on line {first.line + 1} and line "
+                        f"{mark.line + 1}{columns} (YAML would keep the last silently)", mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """' line L, column C: not valid YAML: problem' from any PyYAML error."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f" character {exc.position + 1}: not valid YAML: unacceptable character " \
+               f"#x{exc.character if isinstance(exc.character, int) else 0:04x}"
+    mark = getattr(exc, "problem_mark", None)
+    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    return f"{where}: not valid YAML: {problem}"
+
+
+def load_yaml_strict(text: str, source: str) -> Any:
+    """Parse YAML as `yaml.safe_load` does, but refuse duplicate keys; every failure is a
+    `ConfigError` naming `source`, the line and the problem. For every YAML file forescale
+    reads as configuration (the config, profiles)."""
+    try:
+        return yaml.load(text, Loader=StrictKeyLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}:{_yaml_problem(exc)}") from None
+
+
+def read_yaml_file(path: str | Path, what: str = "config") -> Any:
+    """Read a YAML file as text and parse it with `load_yaml_strict`. A file that cannot be
+    read, is binary or is not UTF-8 is a `ConfigError` naming the path (and byte offset)."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read {what}: {exc.strerror or exc}") from None
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise ConfigError(f"{p}: not a text file (a NUL byte at byte offset {nul}); the "
+                          f"{what} must be YAML text in UTF-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text: byte 0x{data[exc.start]:02x} at byte offset "
+                          f"{exc.start} cannot be decoded; the {what} must be YAML text in "
+                          "UTF-8") from None
+    return load_yaml_strict(text, str(p))
+
+
+def _readable_file(path: Path) -> Path:
+    """A secret or CA file must be there when the config is loaded: a missing token file
+    would otherwise mean 'no token' at the first request, long after review."""
+    if not path.exists():
+        raise ValueError(f"no such file: {path} (it must exist when the config is loaded)")
+    if not path.is_file():
+        raise ValueError(f"not a regular file: {path}")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"file is not readable by this process: {path}")
+    return path
+
+
+ReadableFile = Annotated[Path, AfterValidator(_readable_file)]
+
+
+def _whole_number(low: int, high: int) -> BeforeValidator:
+    """A count from `low` to `high`, and nothing pydantic would coerce into one (`true`,
+    `2.0`, `"5"`, `1e29` which YAML reads as text): one message that says the bound."""
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return value
+    return BeforeValidator(check)
+
+
+MinReplicas = Annotated[int, _whole_number(0, MAX_REPLICAS)]
+MaxReplicas = Annotated[int, _whole_number(1, MAX_REPLICAS)]
+GpuCount = Annotated[int, _whole_number(0, MAX_GPUS)]
+
+_CLOSERS = {")": "(", "]": "[", "}": "{"}
+
+
+def _string_end(query: str, start: int) -> int:
+    """Index of the quote closing the string that opens at `start`, or -1. Backticks are raw
+    strings in PromQL; in single and double quotes a backslash escapes the next character."""
+    quote = query[start]
+    i = start + 1
+    while i < len(query):
+        if query[i] == "\\" and quote != "`":
+            i += 2
+            continue
+        if query[i] == quote:
+            return i
+        i += 1
+    return -1
+
+
+def promql_balance_problem(query: str) -> str | None:
+    """What is unbalanced in a PromQL expression (brackets (), [], {} and quotes, string
+    literals and `#` comments respected), or None. Not a parser: it catches the typo that
+    would otherwise fail at every reconcile, with the character position."""
+    stack: list[tuple[str, int]] = []
+    i = 0
+    while i < len(query):
+        c = query[i]
+        if c in "\"'`":
+            end = _string_end(query, i)
+            if end < 0:
+                return f"string opened with {c} at character {i + 1} is never closed"
+            i = end
+        elif c == "#":
+            newline = query.find("\n", i)
+            i = len(query) if newline < 0 else newline
+        elif c in "([{":
+            stack.append((c, i))
+        elif c in _CLOSERS:
+            if not stack:
+                return f"{c!r} at character {i + 1} closes nothing"
+            opener, at = stack.pop()
+            if opener != _CLOSERS[c]:
+                return f"{c!r} at character {i + 1} does not close {opener!r} at character " \
+                       f"{at + 1}"
+        i += 1
+    if stack:
+        opener, at = stack[-1]
+        return f"{opener!r} at character {at + 1} is never closed"
+    return None
+
+
+def _balanced(query: str) -> str:
+    problem = promql_balance_problem(query)
+    if problem is not None:
+        raise ValueError(f"unbalanced PromQL: {problem}")
+    return query
 
 
 class _Strict(BaseModel):
@@ -32,7 +220,8 @@ class ActuationMode(StrEnum):
 
 class BasicAuth(_Strict):
     username: str = Field(min_length=1)
-    password_file: Path | None = Field(default=None, description="File holding the password")
+    password_file: ReadableFile | None = Field(default=None,
+                                               description="File holding the password")
     password_env: str | None = Field(default=None, description="Env var holding the password")
 
 
@@ -40,10 +229,10 @@ class PrometheusConfig(_Strict):
     """Where history and live signals come from. Secrets only from files or env, never inline."""
 
     url: str = Field(default="http://prometheus.monitoring:9090", pattern=r"^https?://\S+$")
-    bearer_token_file: Path | None = None
+    bearer_token_file: ReadableFile | None = None
     bearer_token_env: str | None = None
     basic_auth: BasicAuth | None = None
-    ca_file: Path | None = Field(default=None, description="CA bundle to verify TLS")
+    ca_file: ReadableFile | None = Field(default=None, description="CA bundle to verify TLS")
     insecure_skip_verify: bool = False
     timeout_s: float = Field(default=10.0, gt=0, le=300)
     history_days: float = Field(default=14.0, gt=0, le=90,
@@ -73,6 +262,11 @@ class Signals(_Strict):
     kv_cache_usage: str = "avg(vllm:gpu_cache_usage_perc{$selector})"
     ttft_p95: str = ("histogram_quantile(0.95, sum by (le) "
                      "(rate(vllm:time_to_first_token_seconds_bucket{$selector}[2m])))")
+
+    @field_validator("*")
+    @classmethod
+    def _balanced(cls, query: str) -> str:
+        return _balanced(query)
 
 
 class Targets(_Strict):
@@ -108,10 +302,15 @@ class VariantConfig(_Strict):
     slo: SLO = SLO()
     targets: Targets = Targets()
     behaviour: Behaviour = Behaviour()
-    min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=10, ge=1)
+    min_replicas: MinReplicas = 1
+    max_replicas: MaxReplicas = 10
     actuation: ActuationMode | None = Field(default=None,
                                             description="Overrides the global actuation mode")
+
+    @field_validator("selector")
+    @classmethod
+    def _selector_balanced(cls, selector: str) -> str:
+        return _balanced(selector)
 
     @model_validator(mode="after")
     def _bounds(self) -> VariantConfig:
@@ -134,18 +333,19 @@ class VariantGroup(_Strict):
 
 
 class Schedules(_Strict):
-    retrain_interval_s: float = Field(default=3600, ge=10)
-    reconcile_interval_s: float = Field(default=30, ge=1)
-    jitter_s: float = Field(default=5, ge=0)
-    retrain_budget_s: float = Field(default=300, gt=0)
-    reconcile_budget_s: float = Field(default=20, gt=0)
+    retrain_interval_s: float = Field(default=3600, ge=10, le=7 * 86_400)
+    reconcile_interval_s: float = Field(default=30, ge=1, le=3600)
+    jitter_s: float = Field(default=5, ge=0, le=3600)
+    retrain_budget_s: float = Field(default=300, gt=0, le=86_400)
+    reconcile_budget_s: float = Field(default=20, gt=0, le=3600)
 
 
 class ForecastConfig(_Strict):
     quantiles: list[float] = Field(default=[0.5, 0.9, 0.99], min_length=1)
     provisioning_quantile: float = Field(default=0.9, gt=0, lt=1)
-    horizon_s: float = Field(default=1800, gt=0, description="How far ahead to forecast; "
-                             "raised to cover each variant's cold start")
+    horizon_s: float = Field(default=1800, gt=0, le=7 * 86_400,
+                             description="How far ahead to forecast; raised to cover each "
+                             "variant's cold start")
     model_dir: Path | None = Field(default=None, description="Where fitted models persist")
 
     @model_validator(mode="after")
@@ -161,7 +361,7 @@ class ApiConfig(_Strict):
     port: int = Field(default=8080, ge=1, le=65535)
     token_env: str = Field(default="FORESCALE_API_TOKEN",
                            description="Env var with the bearer token for POST endpoints")
-    token_file: Path | None = None
+    token_file: ReadableFile | None = None
     protect_reads: bool = False
 
 
@@ -203,7 +403,7 @@ class Config(_Strict):
     api: ApiConfig = ApiConfig()
     leader_election: LeaderElection = LeaderElection()
     state: StateConfig = StateConfig()
-    gpu_quotas: dict[str, int] = Field(default_factory=dict,
+    gpu_quotas: dict[str, GpuCount] = Field(default_factory=dict,
                                        description="Max GPUs per GPU type across variants")
     variants: list[VariantConfig] = Field(min_length=1)
     groups: list[VariantGroup] = Field(default_factory=list)
@@ -219,9 +419,6 @@ class Config(_Strict):
             if unknown:
                 raise ValueError(f"group {g.name!r} names unknown variants {unknown}; "
                                  f"known: {names}")
-        for gpu, quota in self.gpu_quotas.items():
-            if quota < 0:
-                raise ValueError(f"gpu_quotas.{gpu} must be >= 0, got {quota}")
         return self
 
     def variant(self, name: str) -> VariantConfig:
@@ -268,28 +465,56 @@ def format_validation_error(exc: ValidationError, raw: Any, source: str) -> str:
     return "\n".join(lines)
 
 
+def _coercion(value: Any, raw: Any) -> str | None:
+    """What pydantic's lax mode changed when it turned `raw` into `value`, or None."""
+    if isinstance(value, Enum | str | Path) or value is None:
+        return None
+    if isinstance(value, bool):
+        return None if isinstance(raw, bool) else "expected true or false"
+    if isinstance(raw, bool):
+        return "expected a number, not true/false"
+    if isinstance(raw, str):
+        return "expected a number, not text (remove the quotes)"
+    if isinstance(value, int) and isinstance(raw, float):
+        return "expected a whole number"
+    if isinstance(raw, float) and not math.isfinite(raw):
+        return "expected a finite number"
+    return None
+
+
+def _coercions(value: Any, raw: Any, loc: tuple[int | str, ...] = ()
+               ) -> list[tuple[tuple[int | str, ...], str, Any]]:
+    """Walk a validated model beside the raw YAML it came from and list every value pydantic
+    coerced (`true` into 1, `2.0` into 2, `"5"` into 5): such a config runs other than it
+    reads. Covers every nested model, profiles included, without a strict type per field."""
+    if isinstance(value, BaseModel) and isinstance(raw, dict):
+        return [c for name in type(value).model_fields if name in raw
+                for c in _coercions(getattr(value, name), raw[name], (*loc, name))]
+    if isinstance(value, list | tuple) and isinstance(raw, list) and len(value) == len(raw):
+        return [c for i, (v, r) in enumerate(zip(value, raw, strict=True))
+                for c in _coercions(v, r, (*loc, i))]
+    if isinstance(value, dict) and isinstance(raw, dict):
+        return [c for k in raw if k in value for c in _coercions(value[k], raw[k], (*loc, k))]
+    problem = _coercion(value, raw)
+    return [] if problem is None else [(loc, problem, raw)]
+
+
 def parse_config(raw: Any, source: str = "config") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with at least 'variants', "
                           f"got {type(raw).__name__}")
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, raw, source)) from None
+    coerced = _coercions(cfg, raw)
+    if coerced:
+        lines = [f"{source}: invalid configuration ({len(coerced)} problem(s)):"]
+        lines += [f"  - {_loc(raw, loc)}: {msg} (got {value!r})" for loc, msg, value in coerced]
+        raise ConfigError("\n".join(lines))
+    return cfg
 
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config; every failure is a `ConfigError` naming the file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read config: {exc.strerror or exc}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{p}:{where}: not valid YAML: {problem}") from None
-    return parse_config(raw, str(p))
+    return parse_config(read_yaml_file(path, "config"), str(path))
