@@ -25,6 +25,7 @@ from controller.k8s import (
 )
 from controller.protocols import PermanentError, ScaleTarget, TemporaryError
 from tests.support.k8s_emulator import (
+    STATEFULSETS,
     K8sEmulator,
     k8s_api,  # noqa: F401  (the fixture)
     rule,
@@ -354,3 +355,234 @@ def test_the_rbac_shipped_in_deploy_is_enough_to_scale(k8s_api: K8sEmulator) -> 
     with pytest.raises(PermanentError, match="forbidden"):
         KubernetesScaleTarget(k8s_api.api_client(token), {"v": ("elsewhere", "x")}).apply(
             "v", 2, ["up"])
+
+
+# ----------------------------------------------------------------- any scalable workload
+
+LWS_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "leaderworkersets.leaderworkerset.x-k8s.io"},
+    "spec": {
+        "group": "leaderworkerset.x-k8s.io",
+        "scope": "Namespaced",
+        "names": {"kind": "LeaderWorkerSet", "plural": "leaderworkersets",
+                  "singular": "leaderworkerset", "shortNames": ["lws"]},
+        "versions": [{
+            "name": "v1", "served": True, "storage": True,
+            "subresources": {"status": {}, "scale": {
+                "specReplicasPath": ".spec.replicas",
+                "statusReplicasPath": ".status.replicas",
+                "labelSelectorPath": ".status.hpaPodSelector"}},
+            "schema": {"openAPIV3Schema": {
+                "type": "object",
+                "properties": {
+                    "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                             "properties": {"replicas": {"type": "integer", "minimum": 0,
+                                                         "default": 1}}},
+                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                               "properties": {"replicas": {"type": "integer"},
+                                              "hpaPodSelector": {"type": "string"}}},
+                },
+            }},
+        }],
+    },
+}
+LWS = ScaleTargetRef(NS, "leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "llama-405b")
+STS = ScaleTargetRef(NS, "apps/v1", "StatefulSet", "llama-sts")
+
+
+@pytest.fixture
+def workloads(api: K8sEmulator) -> K8sEmulator:
+    api.seed_statefulset(NS, "llama-sts", replicas=2)
+    api.install_crd(LWS_CRD)
+    api.seed_custom("leaderworkerset.x-k8s.io/v1", "leaderworkersets", NS, {
+        "metadata": {"name": "llama-405b"},
+        "spec": {"replicas": 1, "leaderWorkerTemplate": {"size": 2}},
+    })
+    api.set_custom_status("leaderworkerset.x-k8s.io/v1", "leaderworkersets", NS, "llama-405b",
+                          {"replicas": 1, "hpaPodSelector": "leaderworkerset.sigs.k8s.io/name="
+                                                            "llama-405b"})
+    return api
+
+
+def any_target(api: K8sEmulator, token: str = "emulator-admin-token",
+               **kw: Any) -> KubernetesScaleTarget:
+    return KubernetesScaleTarget(
+        api.api_client(token),
+        {"dep": ScaleTargetRef.deployment(NS, "llama-8b"), "legacy": (NS, "llama-70b"),
+         "sts": STS, "lws": LWS},
+        instance="forescale-test-0", request_timeout_s=2.0, **kw)
+
+
+def lws(api: K8sEmulator) -> dict[str, Any]:
+    obj = api.get(api.custom_resource_type("leaderworkerset.x-k8s.io/v1", "leaderworkersets"),
+                  NS, "llama-405b")
+    assert obj is not None
+    return obj
+
+
+def test_scales_a_statefulset_through_its_scale_subresource(workloads: K8sEmulator) -> None:
+    target = any_target(workloads)
+    assert target.current_replicas("sts") == 2
+    result = target.apply("sts", 4, ["forecast p90 needs 4"])
+    assert (result.previous, result.replicas, result.changed) == (2, 4, True)
+    assert "statefulset llm/llama-sts from 2 to 4" in result.message
+    sts = workloads.get(STATEFULSETS, NS, "llama-sts")
+    assert sts is not None and sts["spec"]["replicas"] == 4
+    patch = next(r for r in workloads.requests_log if r.method == "PATCH")
+    assert patch.path == f"/apis/apps/v1/namespaces/{NS}/statefulsets/llama-sts/scale"
+    assert patch.content_type == "application/merge-patch+json"
+    (event,) = workloads.events(NS)
+    assert (event["regarding"]["apiVersion"], event["regarding"]["kind"]) == (
+        "apps/v1", "StatefulSet")
+    assert event["regarding"]["uid"] == sts["metadata"]["uid"]
+
+
+def test_scales_a_leaderworkerset_through_the_crd_scale_subresource(
+    workloads: K8sEmulator,
+) -> None:
+    target = any_target(workloads)
+    assert target.current_replicas("lws") == 1
+    assert target.apply("lws", 3, ["multi-node burst"]).changed
+    obj = lws(workloads)
+    assert obj["spec"]["replicas"] == 3  # specReplicasPath
+    assert obj["spec"]["leaderWorkerTemplate"] == {"size": 2}  # the rest untouched
+    assert obj["metadata"]["generation"] == 2
+    paths = [r.path for r in workloads.requests_log]
+    assert "/apis/leaderworkerset.x-k8s.io/v1" in paths  # resolved through discovery
+    assert (f"/apis/leaderworkerset.x-k8s.io/v1/namespaces/{NS}/leaderworkersets/llama-405b/"
+            "scale") in paths
+    (event,) = workloads.events(NS)
+    assert event["regarding"]["kind"] == "LeaderWorkerSet"
+    assert event["regarding"]["apiVersion"] == "leaderworkerset.x-k8s.io/v1"
+
+
+def test_the_legacy_deployment_pair_still_means_apps_v1_deployment(
+    workloads: K8sEmulator,
+) -> None:
+    target = any_target(workloads)
+    assert target.targets["legacy"] == ScaleTargetRef(NS, "apps/v1", "Deployment", "llama-70b")
+    assert target.apply("legacy", 2, ["up"]).changed and replicas(workloads, "llama-70b") == 2
+
+
+def test_discovery_is_cached_per_group_version(workloads: K8sEmulator) -> None:
+    clock = FakeClock()
+    target = any_target(workloads, clock=clock, discovery_cache_s=600)
+    for _ in range(3):
+        target.current_replicas("dep")
+        target.current_replicas("sts")
+        target.current_replicas("lws")
+    gets = [r.path for r in workloads.requests_log if r.path.count("/") == 3]
+    assert sorted(gets) == ["/apis/apps/v1", "/apis/leaderworkerset.x-k8s.io/v1"]
+    clock.now += 601
+    target.current_replicas("sts")
+    assert [r.path for r in workloads.requests_log].count("/apis/apps/v1") == 2
+
+
+def test_conflict_on_a_custom_resource_scale_is_retried(workloads: K8sEmulator) -> None:
+    workloads.fail(409, times=1, path=r"/leaderworkersets/llama-405b/scale$", method="PATCH")
+    assert any_target(workloads).apply("lws", 2, ["up"]).changed
+    assert lws(workloads)["spec"]["replicas"] == 2
+
+
+def test_refuses_a_statefulset_an_hpa_targets_but_not_a_namesake_deployment(
+    workloads: K8sEmulator,
+) -> None:
+    workloads.seed_hpa(NS, "sts-hpa", target="llama-sts", kind="StatefulSet")
+    workloads.seed_deployment(NS, "llama-sts", replicas=1)  # same name, other kind
+    target = KubernetesScaleTarget(workloads.api_client(), {
+        "sts": STS, "dep": ScaleTargetRef.deployment(NS, "llama-sts")})
+    with pytest.raises(PermanentError, match=r"HPA conflict: statefulset llm/llama-sts .*"
+                                             r"llm/sts-hpa"):
+        target.apply("sts", 5, ["up"])
+    assert target.apply("dep", 2, ["up"]).changed
+
+
+def test_a_kind_without_scale_subresource_is_refused_naming_it(workloads: K8sEmulator) -> None:
+    ref = ScaleTargetRef(NS, "autoscaling/v2", "HorizontalPodAutoscaler", "x")
+    target = KubernetesScaleTarget(workloads.api_client(), {"v": ref})
+    with pytest.raises(PermanentError, match=r"horizontalpodautoscalers\.autoscaling has no "
+                                             "scale subresource"):
+        target.current_replicas("v")
+
+
+def test_an_unknown_kind_is_refused_with_the_served_kinds(workloads: K8sEmulator) -> None:
+    target = KubernetesScaleTarget(workloads.api_client(), {
+        "v": ScaleTargetRef(NS, "apps/v1", "Deploymnet", "llama-8b")})
+    with pytest.raises(PermanentError) as err:
+        target.apply("v", 2, ["up"])
+    assert "kind 'Deploymnet' is not served in apps/v1" in str(err.value)
+    assert "Deployment" in str(err.value) and "StatefulSet" in str(err.value)
+
+
+def test_an_uninstalled_crd_is_refused_and_picked_up_once_installed(api: K8sEmulator) -> None:
+    target = KubernetesScaleTarget(api.api_client(), {"lws": LWS})
+    with pytest.raises(PermanentError, match=r"does not serve leaderworkerset.x-k8s.io/v1 - "
+                                             r"is the CRD of LeaderWorkerSet installed"):
+        target.current_replicas("lws")
+    api.install_crd(LWS_CRD)
+    api.seed_custom("leaderworkerset.x-k8s.io/v1", "leaderworkersets", NS,
+                    {"metadata": {"name": "llama-405b"}, "spec": {"replicas": 2}})
+    assert target.current_replicas("lws") == 2  # no restart: a 404 is not cached
+
+
+def test_a_deleted_target_resource_is_rediscovered(workloads: K8sEmulator) -> None:
+    target = any_target(workloads)
+    assert target.current_replicas("lws") == 1
+    apiext = client.ApiextensionsV1Api(workloads.api_client())
+    apiext.delete_custom_resource_definition("leaderworkersets.leaderworkerset.x-k8s.io")
+    with pytest.raises(PermanentError, match="not found"):
+        target.current_replicas("lws")
+    with pytest.raises(PermanentError, match="is the CRD of LeaderWorkerSet installed"):
+        target.current_replicas("lws")
+
+
+def test_forbidden_custom_scale_names_the_resource(workloads: K8sEmulator) -> None:
+    token = workloads.add_token("no-lws", [
+        rule("get,patch", "apps", "deployments/scale,statefulsets/scale", [NS]),
+        rule("list", "autoscaling", "horizontalpodautoscalers", [NS]),
+    ])
+    with pytest.raises(PermanentError) as err:
+        any_target(workloads, token).apply("lws", 3, ["up"])
+    assert str(err.value).startswith(
+        "forbidden: the ServiceAccount may not get leaderworkersets/scale in ns llm")
+    assert any_target(workloads, token).apply("sts", 3, ["up"]).changed
+
+
+def test_discovery_outage_is_temporary(workloads: K8sEmulator) -> None:
+    workloads.fail(503, times=None, path=r"^/apis/apps/v1$", retry_after_s=0)
+    target = KubernetesScaleTarget(workloads.api_client(retries=False), {"sts": STS})
+    with pytest.raises(TemporaryError, match="discovery of apps/v1"):
+        target.current_replicas("sts")
+
+
+def test_targets_can_be_added_and_removed_at_run_time(workloads: K8sEmulator) -> None:
+    target = KubernetesScaleTarget(workloads.api_client(), {})
+    target.set_target("lws", LWS)
+    assert target.current_replicas("lws") == 1
+    target.remove_target("lws")
+    with pytest.raises(PermanentError, match="no scale target configured"):
+        target.current_replicas("lws")
+
+
+def test_the_rbac_shipped_in_deploy_scales_a_statefulset_but_not_an_unlisted_kind(
+    k8s_api: K8sEmulator,  # noqa: F811
+) -> None:
+    import yaml
+
+    manifest = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes" / "rbac.yaml"
+    documents = [d for d in yaml.safe_load_all(manifest.read_text()) if d]
+    token = k8s_api.add_token("deploy-rbac", rules_from_manifests(documents, "forescale",
+                                                                  "forescale"))
+    k8s_api.seed_statefulset("llm-serving", "llama-sts", replicas=1)
+    k8s_api.install_crd(LWS_CRD)
+    k8s_api.seed_custom("leaderworkerset.x-k8s.io/v1", "leaderworkersets", "llm-serving",
+                        {"metadata": {"name": "l"}, "spec": {"replicas": 1}})
+    target = KubernetesScaleTarget(k8s_api.api_client(token), {
+        "sts": ScaleTargetRef("llm-serving", "apps/v1", "StatefulSet", "llama-sts"),
+        "lws": ScaleTargetRef("llm-serving", "leaderworkerset.x-k8s.io/v1",
+                              "LeaderWorkerSet", "l")})
+    assert target.apply("sts", 2, ["up"]).changed
+    with pytest.raises(PermanentError, match="may not get leaderworkersets/scale"):
+        target.apply("lws", 2, ["up"])  # the user adds the rule rbac.yaml's comment shows

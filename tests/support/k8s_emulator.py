@@ -1128,12 +1128,17 @@ class K8sEmulator:
         of a CRD manifest would; its resources are served at once (Established)."""
         return self.create(CRDS, "", copy.deepcopy(dict(crd)))
 
-    def seed_custom(self, api_version: str, plural: str, namespace: str, body: JSON) -> JSON:
-        """Create a custom object directly (validated against its CRD, no HTTP, no RBAC)."""
+    def custom_resource_type(self, api_version: str, plural: str) -> ResourceType:
+        """The ResourceType a registered CRD serves at `api_version`/`plural` (for `get`)."""
         group, _, version = api_version.rpartition("/")
         rt = self._served(group, version, plural)
         if rt is None:
             raise KeyError(f"{plural}.{group}/{version} is not served: install its CRD first")
+        return rt
+
+    def seed_custom(self, api_version: str, plural: str, namespace: str, body: JSON) -> JSON:
+        """Create a custom object directly (validated against its CRD, no HTTP, no RBAC)."""
+        rt = self.custom_resource_type(api_version, plural)
         return self.create(rt, namespace, copy.deepcopy(body))
 
     def set_custom_status(self, api_version: str, plural: str, namespace: str, name: str,
