@@ -6,10 +6,19 @@ trace time, or more rarely so a series sees at most MAX_RETRAINS retrains) and, 
 retrains, only *updated* with the newest samples (no refit), exactly like
 `TrainedModel.forecast` in production. Errors are averaged over steps 1..H and origins.
 
-Baselines on the same origins: naive (last value), seasonal naive daily and weekly. A
-seasonal baseline whose season is longer than the history before the first origin reports
-null and is left out of the best baseline. `pinball_p90_baseline` is the p90 of
-`baselines.Naive` (last value + empirical quantile of its past errors).
+Baselines on the same origins: naive (last value), window average (mean of the last k
+steps), seasonal naive daily and weekly. A seasonal baseline whose season is longer than the
+history before the first origin reports null and is left out of the best baseline.
+`pinball_p90_baseline` is the p90 of `baselines.Naive` (last value + empirical quantile of
+its past errors).
+
+Calibration and scored parts: the scored origins are the last 20% (`backtest_origins`).
+The window average's k is chosen (`baselines.choose_window`, grid `WINDOW_GRID` bounded by
+the history) on the *calibration* part (`calibration_origins`): the stretch of the same
+length just before the scored part, keeping only origins whose every lead is at or before
+the first scored origin. So the choice reads nothing a scored forecast is judged on; the
+models, retrained from the past at each origin, see the same data and no more. A series too
+short for a calibration origin reports the window average as null.
 
 Default horizon (`default_horizon`): 30 minutes of steps, at most 30 steps — 3 steps for
 10-minute data, 30 steps (5 minutes) for 10-second data.
@@ -29,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from forecaster.base import FloatArray, History
-from forecaster.baselines import Naive
+from forecaster.baselines import Naive, choose_window, trailing_means
 from forecaster.calibrated import future_matrix, last_finite_values, pinball
 from forecaster.engine import train_one
 from forecaster.prep import steps_per
@@ -54,6 +63,29 @@ def backtest_origins(n: int, horizon: int) -> np.ndarray[tuple[int], np.dtype[np
     steps after it."""
     first = n - max(1, round(n * EVAL_FRACTION)) - 1
     return np.arange(max(first, 1), n - horizon, dtype=np.int64)
+
+
+def calibration_origins(n: int, horizon: int) -> np.ndarray[tuple[int], np.dtype[np.int64]]:
+    """The origins that tune baselines (see the module doc): before the scored part, every
+    lead at or before the first scored origin, at most `EVAL_FRACTION` of `n` of them."""
+    scored = backtest_origins(n, horizon)
+    if scored.shape[0] == 0:
+        return np.empty(0, dtype=np.int64)
+    first = int(scored[0])
+    lo = max(0, first - max(1, round(n * EVAL_FRACTION)))
+    return np.arange(lo, first - horizon + 1, dtype=np.int64)
+
+
+def window_average_mae(y: FloatArray, origins: Any, horizon: int
+                       ) -> tuple[float | None, int | None]:
+    """(MAE on the scored `origins`, k) of the window average whose k is chosen on the
+    calibration origins; (None, None) when the series has none."""
+    cal = calibration_origins(y.shape[0], horizon)
+    if cal.shape[0] == 0 or origins.shape[0] == 0:
+        return None, None
+    k = choose_window(y, cal, horizon)
+    err = np.abs(future_matrix(y, origins, horizon) - trailing_means(y, k)[origins][:, None])
+    return (float(np.nanmean(err)) if np.isfinite(err).any() else None), k
 
 
 def _seasonal_mae(y: FloatArray, origins: Any, horizon: int, period_s: int,
@@ -112,7 +144,8 @@ def backtest_series(history: History, horizon: int) -> dict[str, Any]:
     mae_naive = float(np.nanmean(np.abs(actual - naive)))
     mae_day = _seasonal_mae(y, origins, horizon, 86_400, history.step_s)
     mae_week = _seasonal_mae(y, origins, horizon, 7 * 86_400, history.step_s)
-    best = min(v for v in (mae_naive, mae_day, mae_week) if v is not None)
+    mae_win, win_k = window_average_mae(y, origins, horizon)
+    best = min(v for v in (mae_naive, mae_win, mae_day, mae_week) if v is not None)
     mae = float(np.nanmean(np.abs(actual - med)))
     ok = np.isfinite(actual) & np.isfinite(p90)
     return {
@@ -120,6 +153,8 @@ def backtest_series(history: History, horizon: int) -> dict[str, Any]:
         "model": names.most_common(1)[0][0],
         "mae": mae,
         "mae_naive": mae_naive,
+        "mae_window_average": mae_win,
+        "window_average_k": win_k,
         "mae_seasonal_daily": mae_day,
         "mae_seasonal_weekly": mae_week,
         "ratio_vs_best_baseline": _none_if_nan(mae / best if best > 0 else math.nan),
@@ -210,20 +245,24 @@ def render_table(result: dict[str, Any]) -> Any:
     from rich.table import Table
 
     table = Table(title="forescale backtest (ratio < 1 beats the best baseline)")
-    cols = ["series", "model", "MAE", "naive", "seas.day", "seas.week", "ratio", "p90 pinball",
-            "baseline", "cov p90", "fit s", "predict ms"]
+    cols = ["series", "model", "MAE", "naive", "win.avg (k)", "seas.day", "seas.week", "ratio",
+            "p90 pinball", "baseline", "cov p90", "fit s", "predict ms"]
     for c in cols:
         table.add_column(c, justify="left" if c in ("series", "model") else "right")
     for r in result["series"]:
         pred = r["predict_seconds"]
-        table.add_row(r["name"], r["model"], _fmt(r["mae"]), _fmt(r["mae_naive"]),
+        win = _fmt(r["mae_window_average"])
+        if r["window_average_k"] is not None:
+            win += f" ({r['window_average_k']})"
+        table.add_row(r["name"], r["model"], _fmt(r["mae"]), _fmt(r["mae_naive"]), win,
                       _fmt(r["mae_seasonal_daily"]), _fmt(r["mae_seasonal_weekly"]),
                       _fmt(r["ratio_vs_best_baseline"], ".2f"), _fmt(r["pinball_p90"]),
                       _fmt(r["pinball_p90_baseline"]), _fmt(r["coverage_p90"], ".2f"),
                       _fmt(r["fit_seconds"], ".2f"),
                       _fmt(None if pred is None else pred * 1000, ".2f"))
     s = result["summary"]
-    table.add_row("summary", "", "", "", "", "", _fmt(s["median_ratio_vs_best_baseline"], ".2f"),
+    table.add_row("summary", "", "", "", "", "", "",
+                  _fmt(s["median_ratio_vs_best_baseline"], ".2f"),
                   _fmt(s["median_pinball_p90_ratio"], ".2f"), "",
                   _fmt(s["mean_coverage_p90"], ".2f"), "", "")
     return table

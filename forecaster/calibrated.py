@@ -32,6 +32,7 @@ from forecaster.base import (
     check_quantiles,
     monotone_quantiles,
 )
+from forecaster.baselines import WINDOW_GRID, choose_window, trailing_means
 from forecaster.prep import (
     DEFAULT_MAX_GAP,
     fill_short_gaps,
@@ -243,6 +244,15 @@ class PointForecaster(ABC):
         """First origin a parameter-free model can be calibrated on."""
         return 0
 
+    def _tune_on_calibration(self, y: FloatArray, origins: IntArray, n_cal: int) -> None:
+        """Choose parameters on the calibration origins (`origins[:n_cal]`); default: none.
+
+        For parameters that are cheapest to judge on the holdout's own forecasts (the
+        window of a trailing mean). Only origins whose every lead lies before the first
+        scoring origin should be read, so the scores stay out of sample.
+        """
+        del y, origins, n_cal
+
     # ---- the shared machinery ----------------------------------------------------------
     def fit(self, history: History) -> Self:
         """Fit on the older part, calibrate and score on the holdout, keep a buffer."""
@@ -264,6 +274,7 @@ class PointForecaster(ABC):
             before = np.arange(first, int(origins[0]), dtype=np.int64)
             origins = np.concatenate((before, origins))
             n_cal += int(before.shape[0])
+        self._tune_on_calibration(y, origins, n_cal)
         paths = self._paths(y, history.start, history.step_s, origins, self.horizon)
         if not np.isfinite(paths).any():
             raise ValueError(f"{self.name}: model produced no finite forecast on the holdout")
@@ -524,3 +535,43 @@ class SeasonalNaivePoint(PointForecaster):
         vals = np.where(idx >= 0, y[np.maximum(idx, 0)], np.nan)
         last = last_finite_values(y)[origins][:, None]
         return np.asarray(np.where(np.isfinite(vals), vals, last), dtype=np.float64)
+
+
+class WindowAveragePoint(PointForecaster):
+    """The mean of the last k steps (a baseline), k chosen on the calibration origins.
+
+    The window is chosen from `baselines.WINDOW_GRID` (bounded by the history) by MAE on the
+    calibration origins whose every lead precedes the first scoring origin, so its holdout
+    score, like every model's, is out of sample.
+    """
+
+    name = "window_average"
+    min_fit = 1
+    parameter_free = True
+
+    def __init__(self, horizon: int = 30, provisioning_quantile: float = 0.9,
+                 max_gap: int = DEFAULT_MAX_GAP, grid: Sequence[int] = WINDOW_GRID) -> None:
+        super().__init__(horizon, provisioning_quantile, max_gap)
+        if not grid or min(grid) < 1:
+            raise ValueError(f"window grid must hold positive step counts, got {list(grid)!r}")
+        self.grid = tuple(sorted(set(int(k) for k in grid)))
+        self.k = self.grid[0]
+
+    def _fit_params(self, y: FloatArray, start: float, step_s: int) -> None:
+        del y, start, step_s
+
+    def _tune_on_calibration(self, y: FloatArray, origins: IntArray, n_cal: int) -> None:
+        first_scored = int(origins[min(n_cal, origins.shape[0] - 1)])
+        cal = origins[:n_cal]
+        cal = cal[cal + self.horizon <= first_scored]
+        if cal.shape[0] == 0:
+            cal = origins[:max(1, n_cal)]
+        self.k = choose_window(y, cal, self.horizon, self.grid)
+
+    def lookback(self) -> int:
+        return max(64, max(self.grid) + 8)
+
+    def _paths(self, y: FloatArray, start: float, step_s: int, origins: IntArray,
+               horizon: int) -> FloatArray:
+        level = trailing_means(y, self.k)[origins]
+        return np.repeat(level[:, None], horizon, axis=1)

@@ -61,7 +61,9 @@ def config_fingerprint(config: Mapping[str, Any]) -> str:
 class TrainedModel:
     """One variant's trained forecaster plus the record of how it was chosen.
 
-    `scores` holds the chosen model's holdout scores (`mae`, `pinball_pNN`, `coverage`);
+    `scores` holds the chosen model's holdout scores (`mae`, `pinball_pNN`, `coverage`),
+    the best baseline's MAE on the same origins (`mae_best_baseline`: naive, window average
+    or seasonal naive), the ratio of the two and the window average's `window_average_k`;
     `candidates` every candidate's; `coverage_p90` is the honest (split-conformal) realised
     coverage of the provisioning quantile on the holdout.
     """
@@ -229,8 +231,11 @@ def train_one(history: History, factories: Sequence[Factory], horizon: int,
         log.warning("variant %s: falling back to baseline %s (%s)", history.variant, m.name,
                     reason)
     assert m.scores is not None
+    scores = {**m.scores.as_dict(), **sel.baseline_scores()}
+    if scores.get("mae_best_baseline", 0.0) > 0.0:
+        scores["ratio_vs_best_baseline"] = m.scores.mae / scores["mae_best_baseline"]
     return TrainedModel(history.variant, m.name, history.start, history.end, history.step_s,
-                        fingerprint, m.scores.as_dict(), m.scores.coverage, fit_s, quantiles,
+                        fingerprint, scores, m.scores.coverage, fit_s, quantiles,
                         m, candidates=sel.scores, failures=sel.failures,
                         fallback_reason=reason)
 

@@ -2,8 +2,10 @@
 
 Every candidate is a `PointForecaster`, fitted on the older part of the history and replayed
 on the same holdout origins (rolling origin: each forecast sees only its past). The
-calibrated naive and seasonal-naive baselines are always candidates, and so are equal-weight
-combinations of the best two and three candidates (see `forecaster.combination`).
+calibrated naive, window-average (mean of the last k steps, k chosen on the holdout's
+calibration origins) and seasonal-naive baselines are always candidates, and so are
+equal-weight combinations of the best two and three candidates (see
+`forecaster.combination`).
 
 The guard (`choose`): a model is only eligible when it beats the best baseline on MAE by
 more than noise, judged by a Diebold-Mariano-style test on the per-origin loss differences
@@ -30,6 +32,7 @@ from forecaster.calibrated import (
     NaivePoint,
     PointForecaster,
     SeasonalNaivePoint,
+    WindowAveragePoint,
     dm_upper,
 )
 from forecaster.combination import Combination
@@ -39,7 +42,7 @@ from forecaster.models_stats import DAY_S, LevelBlend, SeasonalHolt
 log = logging.getLogger(__name__)
 
 Factory = Callable[[int, float], PointForecaster]
-BASELINE_NAMES = frozenset({"naive", "seasonal_naive_daily"})
+BASELINE_NAMES = frozenset({"naive", "window_average", "seasonal_naive_daily"})
 #: One-sided z of the guard: a model must beat the best baseline by this many standard
 #: errors of the mean per-origin MAE difference (1.0: about 84% one-sided confidence).
 GUARD_Z = 1.0
@@ -51,6 +54,7 @@ def baseline_factories() -> list[Factory]:
     """The baselines every selection includes."""
     return [
         lambda h, q: NaivePoint(h, q),
+        lambda h, q: WindowAveragePoint(h, q),
         lambda h, q: SeasonalNaivePoint(DAY_S, "seasonal_naive_daily", h, q),
     ]
 
@@ -117,6 +121,19 @@ class Selection:
     skipped_for_budget: list[str] = field(default_factory=list)
     #: Candidates refused for a short history: name -> (valid samples had, needed).
     too_short: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: The window (steps) the window-average baseline chose on the calibration origins.
+    window_k: int | None = None
+
+    def baseline_scores(self) -> dict[str, float]:
+        """The best baseline's holdout MAE and the chosen window, for the model's record
+        (`/forecast` shows them beside the model's own scores); empty without a baseline."""
+        maes = [v["mae"] for k, v in self.scores.items() if k in BASELINE_NAMES]
+        if not maes:
+            return {}
+        out = {"mae_best_baseline": min(maes)}
+        if self.window_k is not None:
+            out["window_average_k"] = float(self.window_k)
+        return out
 
 
 def _finite_scores(m: PointForecaster) -> bool:
@@ -174,7 +191,9 @@ def combinations(fitted: Sequence[PointForecaster],
     """Equal-weight combinations of the best 2..max_members candidates (by the score).
 
     Seasonal naive is left out of the pool: at short leads it is far worse than the last
-    value and would only drag an average.
+    value and would only drag an average. A combination of baselines only is not a model
+    (naive and the window average are both the current level): it is skipped, so a variant
+    whose every model failed is still reported as on a fallback baseline.
     """
     pool = [m for m in fitted if _finite_scores(m) and m.holdout is not None
             and m.name != "seasonal_naive_daily"]
@@ -185,6 +204,8 @@ def combinations(fitted: Sequence[PointForecaster],
     pool.sort(key=lambda m: _relative_score(m, mae0, pin0))
     out: list[PointForecaster] = []
     for k in range(2, min(max_members, len(pool)) + 1):
+        if all(m.name in BASELINE_NAMES for m in pool[:k]):
+            continue
         try:
             combo = Combination(pool[:k])
         except ValueError as exc:
@@ -203,9 +224,10 @@ def select(history: History, factories: Sequence[Factory], horizon: int,
     """
     sel = Selection(model=None)
     fitted: list[PointForecaster] = []
-    all_factories = [*baseline_factories(), *factories]
+    bases = baseline_factories()
+    all_factories = [*bases, *factories]
     for i, make in enumerate(all_factories):
-        is_baseline = i < 2
+        is_baseline = i < len(bases)
         if not is_baseline and deadline is not None and time.monotonic() > deadline:
             sel.skipped_for_budget.append(f"candidate_{i}")
             continue
@@ -228,6 +250,8 @@ def select(history: History, factories: Sequence[Factory], horizon: int,
         finally:
             sel.fit_seconds[name] = time.perf_counter() - t0
         fitted.append(model)
+        if isinstance(model, WindowAveragePoint):
+            sel.window_k = model.k
         assert model.scores is not None
         sel.scores[model.name] = model.scores.as_dict()
     combos = combinations(fitted)
