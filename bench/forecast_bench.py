@@ -2,7 +2,9 @@
 
 Run: python bench/forecast_bench.py [--data DIR] [--jobs 2]
 
-1. Accuracy: `run_backtest` on every trace in the data directory, ratios vs baselines.
+1. Accuracy: `run_backtest` on every trace in the data directory, ratios vs the best
+   baseline (naive, window average with k chosen on the calibration part, seasonal naive);
+   and the minute-level NASA trace at the cold-start horizon (5 steps ahead).
 2. How much there is to win: an in-sample linear bound per series (`linear_bound`).
 3. Speed: `train_all` on 1, 10 and 100 variants of 14 days at 1-minute steps. The series are
    the real ServeGen 10-minute series interpolated to 1 minute, with copies shifted in time
@@ -68,6 +70,24 @@ def accuracy(data: Path, jobs: int) -> list[dict[str, Any]]:
     return rows
 
 
+#: The cold-start-horizon row: minute-level data, 5 steps (a 5-minute cold start) ahead.
+COLD_START_TRACE = "nasa_http_aug1995_per_minute.csv.gz"
+COLD_START_STEPS = 5
+
+
+def cold_start(data: Path, jobs: int) -> list[dict[str, Any]]:
+    """The backtest of the minute-level trace at the cold-start horizon (if it is there)."""
+    path = data / COLD_START_TRACE
+    if not path.exists():
+        return []
+    t0 = time.perf_counter()
+    result = run_backtest(path, None, COLD_START_STEPS, None, n_jobs=jobs)
+    console.print(render_table(result))
+    console.print(f"{path.name} at {COLD_START_STEPS} steps: backtest took "
+                  f"{time.perf_counter() - t0:.1f} s")
+    return list(result["series"])
+
+
 def speed(data: Path, jobs: int, counts: tuple[int, ...] = (1, 10, 100)
           ) -> list[tuple[int, float, float, int, float]]:
     out = []
@@ -130,19 +150,32 @@ def _live_workers_kb() -> list[int]:
     return out
 
 
-def summary(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="accuracy vs targets (all traces, default horizons)")
+#: Coverage is judged only where enough origins were scored for it to mean something.
+MIN_ORIGINS_FOR_COVERAGE = 200
+
+
+def summary(rows: list[dict[str, Any]], cold: list[dict[str, Any]]) -> Table:
+    """Figures against the issue's targets; the best baseline includes the window average."""
+    table = Table(title="accuracy vs targets (all traces, default horizons; best baseline = "
+                        "naive, window average or seasonal naive)")
     for c in ("metric", "value", "target"):
         table.add_column(c)
     ratios = [r["ratio_vs_best_baseline"] for r in rows if r["ratio_vs_best_baseline"]]
     pins = [r["pinball_p90"] / r["pinball_p90_baseline"] for r in rows
             if r["pinball_p90_baseline"]]
-    covs = [r["coverage_p90"] for r in rows if r["coverage_p90"] is not None]
-    table.add_row("median MAE / best baseline", f"{statistics.median(ratios):.3f}", "<= 0.85")
-    table.add_row("worst MAE / best baseline", f"{max(ratios):.3f}", "<= 1.05")
-    table.add_row("median p90 pinball / naive p90", f"{statistics.median(pins):.3f}", "<= 0.85")
-    table.add_row("mean p90 coverage", f"{statistics.fmean(covs):.3f}", "0.85-0.95")
-    table.add_row("p90 coverage range", f"{min(covs):.2f}-{max(covs):.2f}", "0.85-0.95")
+    covs = [r["coverage_p90"] for r in rows if r["coverage_p90"] is not None
+            and r["scored_origins"] >= MIN_ORIGINS_FOR_COVERAGE]
+    table.add_row("median MAE / best baseline", f"{statistics.median(ratios):.3f}", "<= 0.97")
+    table.add_row("worst MAE / best baseline", f"{max(ratios):.3f}", "<= 1.03")
+    table.add_row("median p90 pinball / naive p90", f"{statistics.median(pins):.3f}", "-")
+    if covs:
+        table.add_row(f"p90 coverage range (>= {MIN_ORIGINS_FOR_COVERAGE} scored origins)",
+                      f"{min(covs):.2f}-{max(covs):.2f}", "0.85-0.95")
+    for r in cold:
+        naive = r["mae"] / r["mae_naive"] if r["mae_naive"] else None
+        table.add_row(f"{r['name']} {COLD_START_STEPS} steps: MAE / best baseline "
+                      f"(/ naive)", f"{r['ratio_vs_best_baseline']:.3f} "
+                      f"({'-' if naive is None else format(naive, '.3f')})", "<= 0.90")
     return table
 
 
@@ -207,7 +240,8 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     if not args.skip_accuracy:
         rows = accuracy(args.data, args.jobs)
-        console.print(summary(rows))
+        cold = cold_start(args.data, args.jobs)
+        console.print(summary(rows, cold))
         console.print(linear_bound(args.data))
     if args.skip_speed:
         return

@@ -161,6 +161,7 @@ def backtest_series(history: History, horizon: int) -> dict[str, Any]:
         "pinball_p90": pinball(actual, p90, 0.9),
         "pinball_p90_baseline": pinball(actual, base90, 0.9),
         "coverage_p90": float((actual[ok] <= p90[ok]).mean()) if ok.any() else None,
+        "scored_origins": int(origins.shape[0]),
         "fit_seconds": float(np.mean(fit_s)),
         "predict_seconds": float(np.mean(pred_s)),
     }
