@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 import urllib3
-from kubernetes import client
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import new_client_from_config
+from kubernetes.dynamic import DynamicClient
 
 from tests.support.k8s_emulator import (
     K8sEmulator,
@@ -515,3 +516,368 @@ def test_merge_and_json_patch_follow_their_rfcs() -> None:
     ])
     assert patched == {"a": {"b": 10}, "l": [1, 2, 3], "x": 10}
     assert doc == {"a": {"b": 1, "c": 2}, "l": [1, 2]}  # inputs untouched
+
+
+# ----------------------------------------------------------------- custom resources
+#
+# The apiextensions-apiserver's behaviours forescale's CRDs and controller rely on, through the
+# official client (ApiextensionsV1Api, CustomObjectsApi, watch.Watch, DynamicClient).
+
+WIDGET_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "widgets.example.io"},
+    "spec": {
+        "group": "example.io",
+        "scope": "Namespaced",
+        "names": {"kind": "Widget", "plural": "widgets", "singular": "widget",
+                  "shortNames": ["wd"]},
+        "versions": [{
+            "name": "v1", "served": True, "storage": True,
+            "subresources": {"status": {}, "scale": {
+                "specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+                "labelSelectorPath": ".status.selector"}},
+            "schema": {"openAPIV3Schema": {
+                "type": "object",
+                "properties": {
+                    "spec": {
+                        "type": "object",
+                        "required": ["size"],
+                        "x-kubernetes-validations": [
+                            {"rule": "self.minReplicas <= self.maxReplicas",
+                             "message": "minReplicas must not exceed maxReplicas",
+                             "fieldPath": ".minReplicas"},
+                            {"rule": "has(self.colour) != has(self.colourRef)",
+                             "message": "exactly one of colour or colourRef"},
+                            {"rule": "!has(self.tags) || self.tags.all(t, size(t) <= 5) && "
+                                     "(self.size in ['s', 'm', 'l'])"},
+                        ],
+                        "properties": {
+                            "size": {"type": "string", "enum": ["s", "m", "l"]},
+                            "replicas": {"type": "integer", "minimum": 0, "maximum": 50},
+                            "minReplicas": {"type": "integer", "minimum": 0, "default": 1},
+                            "maxReplicas": {"type": "integer", "minimum": 1, "default": 10},
+                            "quantile": {"type": "number", "minimum": 0, "maximum": 1,
+                                         "exclusiveMinimum": True, "exclusiveMaximum": True},
+                            "colour": {"type": "string"},
+                            "colourRef": {"type": "object", "properties": {
+                                "name": {"type": "string"}}},
+                            "tags": {"type": "array", "items": {"type": "string"}},
+                            "limits": {"type": "object", "default": {}, "properties": {
+                                "rate": {"type": "number", "default": 1.5}}},
+                        },
+                    },
+                    "status": {"type": "object", "properties": {
+                        "replicas": {"type": "integer"},
+                        "selector": {"type": "string"},
+                        "state": {"type": "string", "enum": ["ok", "bad"]},
+                    }},
+                },
+            }},
+        }],
+    },
+}
+G, V, P = "example.io", "v1", "widgets"
+
+
+def widget(name: str = "w", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "example.io/v1", "kind": "Widget", "metadata": {"name": name},
+            "spec": {"size": "m", "colour": "red", **spec}}
+
+
+@pytest.fixture
+def custom(k8s_api: K8sEmulator) -> client.CustomObjectsApi:  # noqa: F811
+    client.ApiextensionsV1Api(k8s_api.api_client()).create_custom_resource_definition(
+        WIDGET_CRD)
+    return client.CustomObjectsApi(k8s_api.api_client())
+
+
+def invalid_fields(exc: ApiException) -> list[tuple[str, str]]:
+    status = status_of(exc)
+    assert exc.status == 422 and status["reason"] == "Invalid"
+    return [(c["field"], c["message"]) for c in status["details"]["causes"]]
+
+
+def test_crd_registration_serves_the_resource_and_reports_established(
+    k8s_api: K8sEmulator,  # noqa: F811
+) -> None:
+    apiext = client.ApiextensionsV1Api(k8s_api.api_client())
+    created = apiext.create_custom_resource_definition(WIDGET_CRD)
+    conditions = {c.type: c.status for c in created.status.conditions}
+    assert conditions == {"NamesAccepted": "True", "Established": "True"}
+    assert created.status.accepted_names.short_names == ["wd"]
+    got = apiext.read_custom_resource_definition("widgets.example.io")
+    assert got.spec.names.kind == "Widget"
+    assert [c.metadata.name for c in apiext.list_custom_resource_definition().items] == [
+        "widgets.example.io"]
+    objects = client.CustomObjectsApi(k8s_api.api_client())
+    objects.create_namespaced_custom_object(G, V, NS, P, widget())
+    apiext.delete_custom_resource_definition("widgets.example.io")
+    with pytest.raises(ApiException) as err:
+        objects.list_namespaced_custom_object(G, V, NS, P)
+    assert err.value.status == 404  # no longer served, objects gone with it
+    apiext.create_custom_resource_definition(WIDGET_CRD)
+    assert objects.list_namespaced_custom_object(G, V, NS, P)["items"] == []
+
+
+def test_crd_names_must_match_plural_and_group(k8s_api: K8sEmulator) -> None:  # noqa: F811
+    bad = json.loads(json.dumps(WIDGET_CRD))
+    bad["metadata"]["name"] = "gadgets.example.io"
+    with pytest.raises(ApiException) as err:
+        client.ApiextensionsV1Api(k8s_api.api_client()).create_custom_resource_definition(bad)
+    assert ("metadata.name", 'Invalid value: "gadgets.example.io": must be '
+            'spec.names.plural+"."+spec.group') in invalid_fields(err.value)
+
+
+@pytest.mark.parametrize(("rule", "unsupported"), [
+    ("self.minReplicas <= oldSelf.minReplicas", "oldSelf"),
+    ("self.name.lowerAscii() == self.name", "lowerAscii"),
+    ("quantity(self.q).isGreaterThan(quantity('1'))", "quantity"),
+    ("self.minReplicas <=", "end of input"),
+])
+def test_an_unsupported_cel_rule_refuses_the_crd_loudly(
+    k8s_api: K8sEmulator, rule: str, unsupported: str,  # noqa: F811
+) -> None:
+    bad = json.loads(json.dumps(WIDGET_CRD))
+    spec = bad["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec["x-kubernetes-validations"].append({"rule": rule})
+    with pytest.raises(ApiException) as err:
+        client.ApiextensionsV1Api(k8s_api.api_client()).create_custom_resource_definition(bad)
+    ((field, message),) = invalid_fields(err.value)
+    assert field == ("spec.versions[0].schema.openAPIV3Schema.properties[spec]"
+                     ".x-kubernetes-validations[3].rule")
+    assert "compilation failed" in message and unsupported in message
+    with pytest.raises(ApiException):  # nothing was registered
+        client.CustomObjectsApi(k8s_api.api_client()).list_namespaced_custom_object(
+            G, V, NS, P)
+
+
+def test_custom_object_gets_server_fields_and_schema_defaults(
+    custom: client.CustomObjectsApi,
+) -> None:
+    created = custom.create_namespaced_custom_object(G, V, NS, P, widget())
+    meta = created["metadata"]
+    assert meta["uid"] and meta["resourceVersion"] and meta["generation"] == 1
+    assert meta["namespace"] == NS and meta["creationTimestamp"]
+    assert created["spec"]["minReplicas"] == 1 and created["spec"]["maxReplicas"] == 10
+    assert created["spec"]["limits"] == {"rate": 1.5}  # a defaulted object gets its defaults
+    got = custom.get_namespaced_custom_object(G, V, NS, P, "w")
+    assert got == created
+    with pytest.raises(ApiException) as err:
+        custom.create_namespaced_custom_object(G, V, NS, P, widget())
+    assert err.value.status == 409
+    assert status_of(err.value)["message"] == 'widgets.example.io "w" already exists'
+
+
+def test_unknown_fields_are_pruned_or_refused_when_strict(
+    k8s_api: K8sEmulator, custom: client.CustomObjectsApi,  # noqa: F811
+) -> None:
+    created = custom.create_namespaced_custom_object(G, V, NS, P, widget(colr="typo"))
+    assert "colr" not in created["spec"]
+    status, body = raw(k8s_api, "POST",
+                       f"/apis/{G}/{V}/namespaces/{NS}/{P}?fieldValidation=Strict",
+                       widget("w2", colr="typo"))
+    assert status == 400 and body["reason"] == "BadRequest"
+    assert body["message"] == 'strict decoding error: unknown field "spec.colr"'
+
+
+@pytest.mark.parametrize(("spec", "field", "message"), [
+    ({"replicas": "three"}, "spec.replicas",
+     'Invalid value: "string": spec.replicas in body must be of type integer: "string"'),
+    ({"size": "xl"}, "spec.size", 'Unsupported value: "xl": supported values: "s", "m", "l"'),
+    ({"replicas": 51}, "spec.replicas",
+     "Invalid value: 51: spec.replicas in body should be less than or equal to 50"),
+    ({"quantile": 1.0}, "spec.quantile",
+     "Invalid value: 1.0: spec.quantile in body should be less than 1"),
+    ({"minReplicas": 5, "maxReplicas": 2}, "spec.minReplicas",
+     'Invalid value: "object": minReplicas must not exceed maxReplicas'),
+    ({"colourRef": {"name": "blue"}}, "spec",
+     'Invalid value: "object": exactly one of colour or colourRef'),
+    ({"tags": ["short", "toolong"]}, "spec", 'Invalid value: "object": failed rule: '
+     "!has(self.tags) || self.tags.all(t, size(t) <= 5) && (self.size in ['s', 'm', 'l'])"),
+])
+def test_invalid_custom_objects_get_422_naming_the_field(
+    custom: client.CustomObjectsApi, spec: dict[str, Any], field: str, message: str,
+) -> None:
+    with pytest.raises(ApiException) as err:
+        custom.create_namespaced_custom_object(G, V, NS, P, widget(**spec))
+    assert invalid_fields(err.value) == [(field, message)]
+    assert status_of(err.value)["message"] == f'Widget.example.io "w" is invalid: {field}: ' \
+                                              f"{message}"
+    assert status_of(err.value)["details"]["kind"] == "Widget"
+
+
+def test_missing_required_field_is_named(custom: client.CustomObjectsApi) -> None:
+    body = widget()
+    del body["spec"]["size"]
+    with pytest.raises(ApiException) as err:
+        custom.create_namespaced_custom_object(G, V, NS, P, body)
+    assert ("spec.size", "Required value") in invalid_fields(err.value)
+
+
+def test_spec_and_status_are_written_separately(custom: client.CustomObjectsApi) -> None:
+    created = custom.create_namespaced_custom_object(G, V, NS, P,
+                                                     {**widget(), "status": {"state": "ok"}})
+    assert "status" not in created  # the main resource ignores status
+    with_status = custom.patch_namespaced_custom_object_status(
+        G, V, NS, P, "w", {"status": {"state": "ok"}, "spec": {"size": "l"}})
+    assert with_status["status"] == {"state": "ok"}
+    assert with_status["spec"]["size"] == "m"  # /status ignores everything but status
+    assert with_status["metadata"]["generation"] == 1  # status writes leave generation alone
+    assert int(with_status["metadata"]["resourceVersion"]) > int(
+        created["metadata"]["resourceVersion"])
+    spec_edit = custom.patch_namespaced_custom_object(
+        G, V, NS, P, "w", {"spec": {"maxReplicas": 4}, "status": {"state": "bad"}})
+    assert spec_edit["status"] == {"state": "ok"}  # the main resource ignores status
+    assert spec_edit["metadata"]["generation"] == 2
+    labelled = custom.patch_namespaced_custom_object(
+        G, V, NS, P, "w", {"metadata": {"labels": {"team": "a"}}})
+    assert labelled["metadata"]["generation"] == 2  # metadata is not spec
+    with pytest.raises(ApiException) as err:
+        custom.patch_namespaced_custom_object_status(G, V, NS, P, "w",
+                                                     {"status": {"state": "unknown"}})
+    assert invalid_fields(err.value)[0][0] == "status.state"
+
+
+def test_stale_resource_version_on_a_custom_object_conflicts(
+    custom: client.CustomObjectsApi,
+) -> None:
+    created = custom.create_namespaced_custom_object(G, V, NS, P, widget())
+    custom.patch_namespaced_custom_object(G, V, NS, P, "w", {"spec": {"colour": "blue"}})
+    stale = {**created, "spec": {**created["spec"], "colour": "green"}}
+    for replace in (custom.replace_namespaced_custom_object,
+                    custom.replace_namespaced_custom_object_status):
+        with pytest.raises(ApiException) as err:
+            replace(G, V, NS, P, "w", stale)
+        assert err.value.status == 409 and status_of(err.value)["reason"] == "Conflict"
+    fresh = custom.get_namespaced_custom_object(G, V, NS, P, "w")
+    fresh["spec"]["colour"] = "green"
+    assert custom.replace_namespaced_custom_object(G, V, NS, P, "w", fresh)["spec"][
+        "colour"] == "green"
+
+
+def test_custom_scale_subresource_follows_the_crd_paths(
+    k8s_api: K8sEmulator, custom: client.CustomObjectsApi,  # noqa: F811
+) -> None:
+    custom.create_namespaced_custom_object(G, V, NS, P, widget(replicas=2))
+    custom.patch_namespaced_custom_object_status(
+        G, V, NS, P, "w", {"status": {"replicas": 1, "selector": "app=w"}})
+    scale = custom.get_namespaced_custom_object_scale(G, V, NS, P, "w")
+    assert scale["kind"] == "Scale" and scale["apiVersion"] == "autoscaling/v1"
+    assert scale["spec"] == {"replicas": 2}
+    assert scale["status"] == {"replicas": 1, "selector": "app=w"}
+    custom.patch_namespaced_custom_object_scale(G, V, NS, P, "w", {"spec": {"replicas": 5}},
+                                                _content_type="application/merge-patch+json")
+    obj = custom.get_namespaced_custom_object(G, V, NS, P, "w")
+    assert obj["spec"]["replicas"] == 5 and obj["metadata"]["generation"] == 2
+    with pytest.raises(ApiException) as err:  # the CRD's schema still applies
+        custom.patch_namespaced_custom_object_scale(
+            G, V, NS, P, "w", {"spec": {"replicas": 99}},
+            _content_type="application/merge-patch+json")
+    assert invalid_fields(err.value)[0][0] == "spec.replicas"
+    with pytest.raises(ApiException) as err:
+        custom.patch_namespaced_custom_object_scale(
+            G, V, NS, P, "w", {"metadata": {"resourceVersion": "1"}, "spec": {"replicas": 3}},
+            _content_type="application/merge-patch+json")
+    assert err.value.status == 409
+
+
+def test_statefulset_scale_subresource(k8s_api: K8sEmulator) -> None:  # noqa: F811
+    k8s_api.seed_statefulset(NS, "db", replicas=2, labels={"app": "db"})
+    apps = client.AppsV1Api(k8s_api.api_client())
+    scale = apps.read_namespaced_stateful_set_scale("db", NS)
+    assert (scale.spec.replicas, scale.status.replicas, scale.status.selector) == (
+        2, 2, "app=db")
+    apps.patch_namespaced_stateful_set_scale("db", NS, {"spec": {"replicas": 4}})
+    sts = apps.read_namespaced_stateful_set("db", NS)
+    assert sts.spec.replicas == 4 and sts.status.replicas == 4
+    assert sts.metadata.generation == 2
+
+
+def test_watch_streams_added_modified_deleted_from_a_resource_version(
+    custom: client.CustomObjectsApi,
+) -> None:
+    start = custom.list_namespaced_custom_object(G, V, NS, P)["metadata"]["resourceVersion"]
+    custom.create_namespaced_custom_object(G, V, NS, P, widget())
+    custom.patch_namespaced_custom_object(G, V, NS, P, "w", {"spec": {"colour": "blue"}})
+    custom.create_namespaced_custom_object(G, V, "elsewhere", P, widget())
+    custom.delete_namespaced_custom_object(G, V, NS, P, "w")
+    events = list(watch.Watch().stream(custom.list_namespaced_custom_object, G, V, NS, P,
+                                       resource_version=start, timeout_seconds=1))
+    assert [(e["type"], e["object"]["spec"]["colour"]) for e in events] == [
+        ("ADDED", "red"), ("MODIFIED", "blue"), ("DELETED", "blue")]
+    versions = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
+    assert versions == sorted(versions) and versions[0] > int(start)
+
+
+def test_watch_without_version_lists_then_follows_live_changes(
+    k8s_api: K8sEmulator, custom: client.CustomObjectsApi,  # noqa: F811
+) -> None:
+    custom.create_namespaced_custom_object(G, V, NS, P, widget("a"))
+    w = watch.Watch()
+    seen: list[tuple[str, str]] = []
+    for event in w.stream(custom.list_namespaced_custom_object, G, V, NS, P, timeout_seconds=5):
+        seen.append((event["type"], event["object"]["metadata"]["name"]))
+        if len(seen) == 1:  # a change made while the stream is open arrives on it
+            k8s_api.seed_custom("example.io/v1", P, NS, widget("b"))
+        if len(seen) == 2:
+            w.stop()
+    assert seen == [("ADDED", "a"), ("ADDED", "b")]
+
+
+def test_watch_from_a_compacted_version_is_410_expired(
+    k8s_api: K8sEmulator, custom: client.CustomObjectsApi,  # noqa: F811
+) -> None:
+    custom.create_namespaced_custom_object(G, V, NS, P, widget())
+    k8s_api.compact()
+    with pytest.raises(ApiException) as err:
+        list(watch.Watch().stream(custom.list_namespaced_custom_object, G, V, NS, P,
+                                  resource_version="1", timeout_seconds=1))
+    assert err.value.status == 410
+    assert "Expired: too old resource version: 1" in str(err.value.reason)
+
+
+def test_watch_of_builtin_resources_filters_by_label(k8s_api: K8sEmulator) -> None:  # noqa: F811
+    apps = client.AppsV1Api(k8s_api.api_client())
+    start = apps.list_namespaced_deployment(NS).metadata.resource_version
+    k8s_api.seed_deployment(NS, "a", labels={"team": "x"})
+    k8s_api.seed_deployment(NS, "b", labels={"team": "y"})
+    events = list(watch.Watch().stream(apps.list_namespaced_deployment, NS,
+                                       label_selector="team=x", resource_version=start,
+                                       timeout_seconds=1))
+    assert [(e["type"], e["object"].metadata.name) for e in events] == [("ADDED", "a")]
+
+
+def test_discovery_lists_custom_resources_and_subresources(
+    k8s_api: K8sEmulator, custom: client.CustomObjectsApi,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    dyn = DynamicClient(k8s_api.api_client(), cache_file=str(tmp_path / "discovery.json"))
+    resource = dyn.resources.get(api_version="example.io/v1", kind="Widget")
+    assert (resource.name, resource.namespaced, resource.short_names) == ("widgets", True,
+                                                                          ["wd"])
+    assert sorted(resource.subresources) == ["scale", "status"]
+    assert resource.subresources["scale"].kind == "Scale"
+    sts = dyn.resources.get(api_version="apps/v1", kind="StatefulSet")
+    assert "scale" in sts.subresources
+    groups = client.ApisApi(k8s_api.api_client()).get_api_versions()
+    assert "example.io" in [g.name for g in groups.groups]
+    listed = client.CustomObjectsApi(k8s_api.api_client()).get_api_resources("example.io", "v1")
+    assert [r.name for r in listed.resources] == ["widgets", "widgets/scale", "widgets/status"]
+
+
+def test_rbac_applies_to_custom_resources_and_their_status(
+    k8s_api: K8sEmulator, custom: client.CustomObjectsApi,  # noqa: F811
+) -> None:
+    custom.create_namespaced_custom_object(G, V, NS, P, widget())
+    token = k8s_api.add_token("reader", [rule("get,list,watch", G, P, [NS]),
+                                         rule("patch", G, f"{P}/status", [NS])])
+    limited = client.CustomObjectsApi(k8s_api.api_client(token))
+    assert limited.get_namespaced_custom_object(G, V, NS, P, "w")["spec"]["size"] == "m"
+    limited.patch_namespaced_custom_object_status(G, V, NS, P, "w",
+                                                  {"status": {"state": "ok"}})
+    with pytest.raises(ApiException) as err:
+        limited.patch_namespaced_custom_object(G, V, NS, P, "w", {"spec": {"size": "l"}})
+    assert err.value.status == 403
+    assert 'cannot patch resource "widgets" in API group "example.io"' in status_of(
+        err.value)["message"]
