@@ -27,7 +27,9 @@ def test_backtest_json_shape_and_null_seasonal_baselines_on_one_hour_traces() ->
     assert set(row) == ROW_KEYS and set(result["summary"]) == SUMMARY_KEYS
     assert row["mae_seasonal_daily"] is None and row["mae_seasonal_weekly"] is None
     assert row["ratio_vs_best_baseline"] == row["mae"] / row["mae_naive"]
-    assert 0.0 <= row["coverage_p90"] <= 1.0
+    # Recorded 0.957 on this hour of 10 s windows (a short holdout, so a wide band): a p90
+    # that is really the median (~0.5) or covers every window (1.0) fails.
+    assert 0.85 <= row["coverage_p90"] <= 0.99, row["coverage_p90"]
     assert calls == [("azure2023-conv", 1, 1)]
     json.dumps(result, allow_nan=False)
     out = io.StringIO()

@@ -89,7 +89,10 @@ def test_train_all_records_choice_window_and_scores_in_parallel() -> None:
         assert m.fingerprint == fp and m.fallback_reason is None
         assert (m.trained_from, m.trained_to) == (hist[name].start, hist[name].end)
         assert "naive" in m.candidates and m.model_name in m.candidates
-        assert 0.0 <= m.coverage_p90 <= 1.0 and m.fit_seconds > 0
+        # Recorded p90 coverage 0.851, 0.888, 0.851 (seeds 0-2); the band leaves 0.05 below
+        # and 0.06 above: a p90 that is really the median (~0.5) or covers everything fails.
+        assert 0.80 <= m.coverage_p90 <= 0.95, (name, m.model_name, m.coverage_p90)
+        assert m.fit_seconds > 0
 
 
 def test_forecast_uses_newer_samples_and_skips_elapsed_steps() -> None:

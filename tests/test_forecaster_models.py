@@ -1,8 +1,13 @@
 """Error budgets per model on recorded slices of the real traces (darts-style table).
 
-Budgets are the holdout MAE relative to the calibrated naive forecast on the same origins,
-recorded when the models were written plus ~10% headroom: a change that makes a model
-clearly worse on real traffic fails here. Coverage of the p90 must stay sane too.
+Budgets are the holdout MAE relative to the calibrated naive forecast on the same origins.
+Each is set from a recorded run (the value in its comment) plus a margin of 0.03 (3% of
+naive's MAE), and held below 1.0 (at most 0.99) wherever the model is meant to beat naive;
+the comments say why the few that are not stay where they are. The p90's holdout coverage
+must stay within 0.04 of its recorded value: a quantile that collapses to the median (~0.5)
+or widens to cover everything (1.0) fails, while the model's own small drift does not.
+Recorded 2026-12 with ServeGen's missing windows read as gaps (issue 15); when they were read
+as zero load, no m-small model beat naive (blend 0.97, hw 1.01, mstl 1.04, lgbm 1.01).
 """
 
 from __future__ import annotations
@@ -35,31 +40,49 @@ def recorded(name: str) -> tuple[History, int]:
 
 
 Make = Callable[[int], PointForecaster]
-BUDGETS: list[tuple[str, str, Make, float]] = [
-    # Re-recorded when the holdout became the second week (was: the second half of week 1).
-    ("servegen-m-small", "blend", lambda h: LevelBlend(h), 1.05),
-    ("servegen-m-small", "ets_hw", lambda h: SeasonalHolt("hw", h), 1.1),
-    ("servegen-m-small", "mstl_ets", lambda h: SeasonalHolt("mstl", h), 1.1),
-    ("servegen-m-small", "lgbm", lambda h: LGBMForecaster(h), 1.05),
-    ("servegen-m-large", "blend", lambda h: LevelBlend(h), 1.05),
-    ("servegen-m-large", "holt", lambda h: SeasonalHolt("none", h), 1.05),
-    ("servegen-m-large", "lgbm", lambda h: LGBMForecaster(h), 1.2),
-    ("mooncake-conversation", "blend", lambda h: LevelBlend(h), 0.77),
-    ("mooncake-conversation", "holt", lambda h: SeasonalHolt("none", h), 0.75),
+MARGIN = 0.03  # on the MAE ratio: 3% of naive's MAE
+BEAT_NAIVE = 0.99  # the budget of a model meant to beat naive never reaches 1.0
+COVERAGE_BAND = 0.04  # p90 coverage within this of its recorded value
+#: (series, model, factory, MAE-ratio budget, recorded p90 coverage)
+BUDGETS: list[tuple[str, str, Make, float, float]] = [
+    # m-small: clear daily and weekly cycles; every model is meant to beat naive.
+    ("servegen-m-small", "blend", lambda h: LevelBlend(h), 0.945, 0.895),  # recorded 0.915
+    ("servegen-m-small", "ets_hw", lambda h: SeasonalHolt("hw", h), 0.985, 0.898),  # 0.955
+    # recorded 0.982: MSTL beats naive by under 2% here, so the cap leaves 0.008 of margin.
+    ("servegen-m-small", "mstl_ets", lambda h: SeasonalHolt("mstl", h), BEAT_NAIVE, 0.870),
+    ("servegen-m-small", "lgbm", lambda h: LGBMForecaster(h), 0.92, 0.901),  # recorded 0.892
+    # m-large is dominated by a few bursty clients with weak daily autocorrelation (see
+    # shared/data/README.md): level models at best tie naive there, so their budget is "no
+    # worse than naive" (1.0), not a margin under it. Recorded: blend 0.988, holt 0.979.
+    ("servegen-m-large", "blend", lambda h: LevelBlend(h), 1.0, 0.926),
+    ("servegen-m-large", "holt", lambda h: SeasonalHolt("none", h), 1.0, 0.928),
+    # recorded 1.098: LightGBM does NOT beat naive on m-large (10% worse; selection picks
+    # another model there). The budget only stops it getting worse still; reported upstream.
+    ("servegen-m-large", "lgbm", lambda h: LGBMForecaster(h), 1.13, 0.923),
+    ("mooncake-conversation", "blend", lambda h: LevelBlend(h), 0.75, 0.926),  # rec. 0.718
+    ("mooncake-conversation", "holt", lambda h: SeasonalHolt("none", h), 0.73, 0.937),  # 0.700
 ]
 
 
-@pytest.mark.parametrize(("series", "model", "make", "budget"), BUDGETS,
-                         ids=[f"{s}-{m}" for s, m, _, _ in BUDGETS])
+@pytest.mark.parametrize(("series", "model", "make", "budget", "coverage"), BUDGETS,
+                         ids=[f"{s}-{m}" for s, m, _, _, _ in BUDGETS])
 def test_model_stays_within_its_error_budget(series: str, model: str, make: Make,
-                                             budget: float) -> None:
+                                             budget: float, coverage: float) -> None:
     history, horizon = recorded(series)
     naive = NaivePoint(horizon).fit(history)
     fitted = make(horizon).fit(history)
     assert fitted.name == model
     assert fitted.scores is not None and naive.scores is not None
     assert fitted.scores.mae / naive.scores.mae <= budget
-    assert 0.75 <= fitted.scores.coverage <= 1.0
+    assert abs(fitted.scores.coverage - coverage) <= COVERAGE_BAND
+
+
+def test_budgets_of_models_meant_to_beat_naive_are_below_one() -> None:
+    """The table itself: only the rows whose comment says why may reach 1.0."""
+    above = {(s, m) for s, m, _, b, _ in BUDGETS if b >= 1.0}
+    assert above == {("servegen-m-large", "blend"), ("servegen-m-large", "holt"),
+                     ("servegen-m-large", "lgbm")}
+    assert all(b <= BEAT_NAIVE for s, m, _, b, _ in BUDGETS if (s, m) not in above)
 
 
 def test_lgbm_refuses_a_history_of_a_few_hundred_points() -> None:
