@@ -1,7 +1,8 @@
 """forescale's own metrics (prometheus-client), on a registry passed in so tests get fresh ones.
 
 Names are a contract with `deploy/grafana/forescale.json` and `deploy/prometheus/rules.yaml`;
-`tests/golden/metrics_names.txt` pins them.
+`tests/golden/metrics_exposition.txt` pins the exposition (names, HELP, TYPE, labels;
+see tests/test_metrics.py).
 """
 
 from __future__ import annotations
