@@ -488,8 +488,10 @@ def _coercions(value: Any, raw: Any, loc: tuple[int | str, ...] = ()
     coerced (`true` into 1, `2.0` into 2, `"5"` into 5): such a config runs other than it
     reads. Covers every nested model, profiles included, without a strict type per field."""
     if isinstance(value, BaseModel) and isinstance(raw, dict):
-        return [c for name in type(value).model_fields if name in raw
-                for c in _coercions(getattr(value, name), raw[name], (*loc, name))]
+        keys = {name: field.alias if field.alias is not None and field.alias in raw else name
+                for name, field in type(value).model_fields.items()}
+        return [c for name, key in keys.items() if key in raw
+                for c in _coercions(getattr(value, name), raw[key], (*loc, key))]
     if isinstance(value, list | tuple) and isinstance(raw, list) and len(value) == len(raw):
         return [c for i, (v, r) in enumerate(zip(value, raw, strict=True))
                 for c in _coercions(v, r, (*loc, i))]
