@@ -10,6 +10,12 @@ Direct multi-horizon: the lead `h` is a feature and the model is trained on a fe
 leads (1, 2, 3, 6, ... up to H), so one booster serves every lead without recursion.
 Quantiles come from `PointForecaster`'s held-out relative errors (conformal), not from
 quantile objectives: one booster per level would multiply training cost.
+
+The objective is L1: the point forecast is judged by MAE (and serves as the median), and
+LLM load is bursty, so a squared loss chases bursts that never repeat. Measured on the
+shipped traces' backtest origins with the same features (MAE over the best window
+average's): NASA minute data at 5 steps 1.006 (L2) -> 0.976 (L1), ServeGen m-small 0.947
+-> 0.898, m-mid 3.53 -> 1.01, m-large 1.13 -> 1.05; Huber was between the two.
 """
 
 from __future__ import annotations
@@ -25,12 +31,19 @@ from forecaster.calibrated import IntArray, PointForecaster, holdout_origins
 from forecaster.prep import DEFAULT_MAX_GAP, fill_short_gaps, steps_per, trailing_scale
 
 DAY_S = 86_400
+WEEK_S = 7 * DAY_S
 LAGS = 12
-ROLL_WINDOWS = (3, 12, 48)
+ROLL_WINDOWS = (3, 6, 12, 24, 48)
+#: Width of the window around the target's time a day / a week ago (see `_seasonal_columns`).
+SEASON_SMOOTH_S = 1800
+#: Width of the level compared with the same time a day / a week ago.
+LEVEL_S = 3600
+#: Value of a seasonal feature that the history cannot provide (loads and ratios are >= 0).
+UNKNOWN = -1.0
 #: Training origins per series (the most recent; older ones are strided out).
 MAX_TRAIN_ORIGINS = 3000
 LGB_PARAMS: dict[str, Any] = {
-    "objective": "l2", "learning_rate": 0.08, "num_leaves": 15, "min_data_in_leaf": 40,
+    "objective": "l1", "learning_rate": 0.08, "num_leaves": 15, "min_data_in_leaf": 40,
     "feature_fraction": 0.9, "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
     "num_threads": 1, "verbose": -1, "seed": 7, "deterministic": True,
 }
@@ -81,6 +94,7 @@ def build_features(y: FloatArray, start: float, step_s: int, origins: IntArray,
     ok = (day_idx >= 0) & (day_idx <= o_rep) & (day_idx < n)
     day_ago = np.where(ok, y[np.clip(day_idx, 0, n - 1)], np.nan) / scale[o_rep]
     cols.append(day_ago)
+    cols.extend(_seasonal_columns(s, y, step_s, o_rep, target, scale[o_rep]))
     t = start + step_s * target.astype(np.float64)
     hour = (t % DAY_S) / DAY_S * 2 * np.pi
     cols.extend((np.sin(hour), np.cos(hour)))
@@ -88,6 +102,35 @@ def build_features(y: FloatArray, start: float, step_s: int, origins: IntArray,
     with np.errstate(divide="ignore", invalid="ignore"):
         cols.append(np.log(scale[o_rep] / np.maximum(day_mean[o_rep], 1e-9)))
     return np.column_stack(cols).astype(np.float64)
+
+
+def _seasonal_columns(s: pd.Series, y: FloatArray, step_s: int, o_rep: IntArray,
+                      target: IntArray, scale: FloatArray) -> list[FloatArray]:
+    """Smoothed same-time-yesterday and same-time-last-week load, and today's level over
+    the level at the same time a day and a week ago (level shifts), for each row.
+
+    At minute steps one sample a day ago is mostly noise; a mean over SEASON_SMOOTH_S
+    around the target's time that day is the shape. Only samples at or before the origin
+    are read. Where that window is not yet complete or not in the history the column holds
+    UNKNOWN (below any load or ratio, so a tree splits it off like a missing value, and
+    rows stay comparable with `==`).
+    """
+    n = y.shape[0]
+    half = max(1, steps_per(SEASON_SMOOTH_S, step_s)) // 2
+    smooth = s.rolling(2 * half + 1, center=True, min_periods=1).mean().to_numpy()
+    level = s.rolling(max(2, steps_per(LEVEL_S, step_s)), min_periods=1).mean().to_numpy()
+    out: list[FloatArray] = []
+    for period_s in (DAY_S, WEEK_S):
+        p = steps_per(period_s, step_s)
+        idx = target - p
+        ok = (idx - half >= 0) & (idx + half <= o_rep)
+        ago = smooth[np.clip(idx, 0, n - 1)] / scale
+        out.append(np.where(ok & np.isfinite(ago), ago, UNKNOWN))
+        past = o_rep - p
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = level[o_rep] / level[np.clip(past, 0, n - 1)]
+        out.append(np.where((past >= 0) & np.isfinite(ratio), ratio, UNKNOWN))
+    return out
 
 
 def _train_origins(y: FloatArray, horizon: int) -> IntArray:
