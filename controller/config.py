@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -38,6 +39,8 @@ from pydantic import (
     model_validator,
 )
 
+from models.behaviour import MAX_STABILISATION_S, HPABehaviorSpec
+from models.behaviour import Behaviour as HPABehaviour
 from models.profile import SLO, VariantProfile
 
 
@@ -276,20 +279,39 @@ class Targets(_Strict):
     kv_cache_usage: float = Field(default=0.85, gt=0, le=1)
 
 
-class Behaviour(_Strict):
-    """Rate limits and stabilisation, as in the HPA's `behavior` field."""
+class Behaviour(HPABehaviorSpec):
+    """How the forecast is followed: utilisation target, dead band, and the HPA's `behavior`.
 
-    target_utilisation: float = Field(default=0.85, gt=0, le=1)
-    tolerance: float = Field(default=0.1, ge=0, lt=1)
-    scale_up_pods: int = Field(default=4, ge=1)
-    scale_up_period_s: float = Field(default=60, gt=0)
-    scale_down_pods: int = Field(default=1, ge=1)
-    scale_down_period_s: float = Field(default=60, gt=0)
-    scale_down_stabilisation_s: float | None = Field(
-        default=None, ge=0,
-        description="Scale down only to the highest recommendation of this window; null: the "
-                    "longer of the profile's cold start and prometheus.step_s "
-                    "(models.decide.break_even_hold_s)")
+    `scaleUp` / `scaleDown` take the HPA's own `behavior` block (camelCase, as `kubectl get hpa
+    -o yaml` prints it), so the block of the HPA being replaced can be pasted as is; they are
+    normalised by the HPA's own pipeline (`models.behaviour`), and missing fields take the
+    HPA's defaults, except one: without a `scaleDown.stabilizationWindowSeconds`, a scale-down
+    waits the break-even hold (the longer of the profile's cold start and the training step,
+    `models.decide.break_even_hold_s`) instead of the HPA's 300 s, since a replica removed and
+    re-ordered within a cold start costs more GPU time than keeping it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+    target_utilisation: float = Field(
+        default=0.9, gt=0, le=1,
+        description="Share of a replica's capacity at SLO to plan for. The provisioning "
+                    "quantile covers forecast error; this margin covers what the capacity "
+                    "profile does not: imbalance across replicas, profile error")
+    tolerance: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="Hold while the forecast's need is within this share of the current "
+                    "replicas (the HPA's dead band; 0: the forecast is already smooth and "
+                    "scale-downs are stabilised)")
+
+    def rules(self, hold_s: float) -> HPABehaviour:
+        """The behaviour the pipeline runs: the block's, the scale-down window defaulting to
+        `hold_s` (capped at the HPA's 3600 s) when the block does not set one."""
+        b = self.to_behaviour()
+        if self.scale_down is None or self.scale_down.stabilization_window_seconds is None:
+            b = replace(b, scale_down=replace(b.scale_down, stabilisation_s=min(
+                hold_s, float(MAX_STABILISATION_S))))
+        return b
 
 
 class VariantConfig(_Strict):

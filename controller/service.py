@@ -37,7 +37,7 @@ from controller.training import (
 )
 from forecaster.base import Forecast, History
 from models.capacity import CapacityEstimate, capacity_at_slo
-from models.decide import Decision, ScalingPolicy, ScalingState, scale_down_hold_s
+from models.decide import Decision, ScalingPolicy, ScalingState, break_even_hold_s
 from models.headroom import HeadroomTuner, QuantileCalibrator
 from models.optimiser import Allocation, GroupDemand, VariantOption, optimise
 from models.policy import PolicySettings, VariantPolicy
@@ -121,7 +121,8 @@ class Service:
                  clock: Callable[[], float] = time.time,
                  metrics: ForescaleMetrics | None = None,
                  is_leader: Callable[[], bool] = lambda: True,
-                 state_store: StateStore | None = None) -> None:
+                 state_store: StateStore | None = None,
+                 record_sink: Callable[[DecisionRecord], None] | None = None) -> None:
         self.config = config
         self.source = source
         self.targets = targets
@@ -140,6 +141,9 @@ class Service:
         self._forecast_cache: dict[tuple[Any, ...],
                                    tuple[Forecast, tuple[float, float] | None]] = {}
         self.state_store = state_store
+        #: Receives every decision record as it is made (the replay keeps them all; the
+        #: in-memory log keeps the last DECISION_LOG_SIZE per variant).
+        self.record_sink = record_sink
         #: The last plan for variant groups (routing weights, unserved demand), if any.
         self.allocation: Allocation | None = None
         self._restore()
@@ -407,11 +411,8 @@ class Service:
             min_replicas=v.min_replicas, max_replicas=v.max_replicas,
             provisioning_quantile=self.config.forecast.provisioning_quantile,
             target_utilisation=b.target_utilisation, tolerance=b.tolerance,
-            scale_up_pods=b.scale_up_pods, scale_up_period_s=b.scale_up_period_s,
-            scale_down_pods=b.scale_down_pods, scale_down_period_s=b.scale_down_period_s,
-            scale_down_stabilisation_s=scale_down_hold_s(
-                b.scale_down_stabilisation_s, v.profile.cold_start_s,
-                self.config.prometheus.step_s),
+            behaviour=b.rules(break_even_hold_s(v.profile.cold_start_s,
+                                                self.config.prometheus.step_s)),
             # Provision for the peak until the next decision can act: a longer window buys
             # replicas a later decision would order in time anyway.
             forecast_window_s=interval)
@@ -553,6 +554,8 @@ class Service:
                 "ready_replicas")})
         rt.log.append(rec)
         rt.last = rec
+        if self.record_sink is not None:
+            self.record_sink(rec)
         self.metrics.decisions.labels(rt.config.name, outcome).inc()
         if kind is not None:
             self.metrics.reconcile_errors.labels(rt.config.name, kind).inc()

@@ -1,19 +1,20 @@
 """The replica decision: demand forecast in, replica target out, every clamp with a reason.
 
-A pipeline in the spirit of the HPA's `normalizeDesiredReplicasWithBehaviors`, but pure:
-`now` and the recommendation history are arguments, so decisions replay exactly.
+The HPA's two stages, pure: `now` and the recommendation history are arguments, so decisions
+replay exactly.
 
-    forecast need  demand at the provisioning quantile over the window that starts when a
-                   replica started now would be ready (now + cold start), at target utilisation
-    reactive floor what live signals (queue, KV cache) need now, computed by the controller
-    dead band      no change while the forecast is within `tolerance` of the current fleet
-    stabilisation  scale down no lower than the highest recent recommendation, and never
-                   below what the forecast needs before a replacement could be ready
-    rate limits    at most N pods up / down per period, counted from `state.scale_events`
-    min / max      the policy's bounds
-    zero guard     0 only when min_replicas is 0 and demand is known to be zero
+    recommend      forecast need: demand at the provisioning quantile over the window that
+                   starts when a replica started now would be ready (now + cold start), at
+                   target utilisation; raised to the reactive floor (live signals, computed
+                   by `models.reactive`); held inside the dead band (`tolerance`)
+    normalise      the HPA's `normalizeDesiredReplicasWithBehaviors` (`models.behaviour`):
+                   stabilisation windows both ways, Pods/Percent rate limits per period with
+                   selectPolicy, min / max; then never below what the forecast needs before a
+                   replacement could be ready; the GPU quota; the zero guard (0 only when
+                   min_replicas is 0 and demand is known to be zero)
 
-Missing data never scales down: without a forecast the fleet holds (the floor may raise it).
+Peers emulated for comparison feed their own recommendation to `normalise`. Missing data never
+scales down: without a forecast the fleet holds (the floor may raise it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
+from models.behaviour import Behaviour, ScalingPolicyRule, ScalingRules
+from models.behaviour import normalise as hpa_normalise
 from models.cost import fleet_cost
 
 _EPS = 1e-9
@@ -38,12 +41,7 @@ class ReasonCode(StrEnum):
     NO_FORECAST = "NoForecast"
     REACTIVE_FLOOR = "ReactiveFloor"
     WITHIN_TOLERANCE = "WithinTolerance"
-    SCALE_DOWN_STABILISED = "ScaleDownStabilised"
     FORECAST_NEEDS_SOON = "ForecastNeedsSoon"
-    SCALE_UP_LIMITED = "ScaleUpLimited"
-    SCALE_DOWN_LIMITED = "ScaleDownLimited"
-    AT_MAX = "AtMax"
-    AT_MIN = "AtMin"
     DEMAND_NOT_ZERO = "DemandNotKnownZero"
     QUOTA = "AtGpuQuota"
     REACTIVE = "Reactive"
@@ -66,9 +64,18 @@ class DemandForecast:
             raise ValueError(f"forecast step_s must be positive, got {self.step_s!r}")
 
 
+#: No stabilisation and no rate limit either way: for emulated peers (the oracle) that decide
+#: their own schedule.
+UNLIMITED = Behaviour(
+    scale_up=ScalingRules(0.0, "Max", (ScalingPolicyRule("Pods", 1_000_000, 15.0),)),
+    scale_down=ScalingRules(0.0, "Max", (ScalingPolicyRule("Percent", 100, 15.0),)))
+
+
 @dataclass(frozen=True)
 class ScalingPolicy:
-    """How aggressively to follow the forecast; defaults mirror the HPA's where they exist."""
+    """How aggressively to follow the forecast. `behaviour` is the HPA's `behavior` (its
+    stabilisation windows, Pods/Percent policies and selectPolicy, normalised by the HPA's own
+    pipeline, `models.behaviour`); the defaults are the HPA API's."""
 
     min_replicas: int = 1
     max_replicas: int = 100
@@ -78,11 +85,7 @@ class ScalingPolicy:
     target_utilisation: float = 0.85
     #: No change while the forecast need is within this share of the current replicas.
     tolerance: float = 0.1
-    scale_up_pods: int = 4
-    scale_up_period_s: float = 60.0
-    scale_down_pods: int = 1
-    scale_down_period_s: float = 60.0
-    scale_down_stabilisation_s: float = 300.0
+    behaviour: Behaviour = field(default_factory=Behaviour.hpa_defaults)
     #: Length of the window, from now + cold start, whose peak demand is provisioned for.
     forecast_window_s: float = 300.0
 
@@ -97,11 +100,10 @@ class ScalingPolicy:
         if not 0 < self.target_utilisation <= 1:
             problems.append(f"target_utilisation must be in (0, 1], got "
                             f"{self.target_utilisation}")
-        if self.tolerance < 0 or self.scale_up_pods < 1 or self.scale_down_pods < 1:
-            problems.append("tolerance must be >= 0 and scale_*_pods >= 1")
-        if min(self.scale_up_period_s, self.scale_down_period_s) <= 0 or \
-                min(self.scale_down_stabilisation_s, self.forecast_window_s) < 0:
-            problems.append("periods must be > 0, stabilisation and window >= 0")
+        if self.tolerance < 0:
+            problems.append(f"tolerance must be >= 0, got {self.tolerance}")
+        if self.forecast_window_s < 0:
+            problems.append(f"forecast_window_s must be >= 0, got {self.forecast_window_s}")
         if problems:
             raise ValueError("invalid ScalingPolicy: " + "; ".join(problems))
 
@@ -167,13 +169,13 @@ class _Trail:
     def __init__(self) -> None:
         self.reasons: list[Reason] = []
 
-    def step(self, code: ReasonCode, message: str, before: int, after: int) -> int:
+    def step(self, code: str, message: str, before: int, after: int) -> int:
         if after != before:
-            self.reasons.append(Reason(code.value, message, before, after))
+            self.reasons.append(Reason(str(code), message, before, after))
         return after
 
-    def note(self, code: ReasonCode, message: str, n: int) -> None:
-        self.reasons.append(Reason(code.value, message, n, n))
+    def note(self, code: str, message: str, n: int) -> None:
+        self.reasons.append(Reason(str(code), message, n, n))
 
 
 @dataclass(frozen=True)
@@ -263,28 +265,15 @@ def _dead_band(n: int, need: _Need, current: int, policy: ScalingPolicy,
     return n
 
 
-def _stabilise_down(n: int, current: int, need: _Need | None, state: ScalingState,
-                    policy: ScalingPolicy, now: float, trail: _Trail) -> int:
-    """Scale down only as far as every recent recommendation and the near-term forecast allow.
-
-    A replica removed now takes a cold start to come back, so demand forecast before then
-    must be served by the replicas that are already up.
-    """
-    if n >= current:
+def _needed_soon(n: int, current: int, need: _Need | None, trail: _Trail) -> int:
+    """Never remove a replica the forecast needs again before a replacement could be ready:
+    re-ordering it would cost a cold start of GPU time and miss the load meanwhile."""
+    if n >= current or need is None or need.soon_replicas <= n:
         return n
-    since = now - policy.scale_down_stabilisation_s
-    peak = max((r for ts, r in state.recommendations if since <= ts <= now), default=n)
-    if peak > n:
-        n = trail.step(ReasonCode.SCALE_DOWN_STABILISED,
-                       f"highest recommendation in the last "
-                       f"{policy.scale_down_stabilisation_s:.0f}s is {peak}",
-                       n, min(peak, current))
-    if need is not None and need.soon_replicas > n:
-        n = trail.step(ReasonCode.FORECAST_NEEDS_SOON,
-                       f"forecast needs {need.soon_replicas} ({need.soon_demand:.3g} req/s) "
-                       f"before a replacement could be ready", n, min(need.soon_replicas,
+    return trail.step(ReasonCode.FORECAST_NEEDS_SOON,
+                      f"forecast needs {need.soon_replicas} ({need.soon_demand:.3g} req/s) "
+                      f"before a replacement could be ready", n, min(need.soon_replicas,
                                                                      current))
-    return n
 
 
 def break_even_hold_s(cold_start_s: float, forecast_step_s: float) -> float:
@@ -302,53 +291,6 @@ def break_even_hold_s(cold_start_s: float, forecast_step_s: float) -> float:
         raise ValueError(f"cold_start_s={cold_start_s} and forecast_step_s={forecast_step_s} "
                          "must be >= 0")
     return max(cold_start_s, forecast_step_s)
-
-
-def scale_down_hold_s(configured: float | None, cold_start_s: float,
-                      forecast_step_s: float) -> float:
-    """The configured scale-down stabilisation, or `break_even_hold_s` when none is set."""
-    if configured is not None:
-        return configured
-    return break_even_hold_s(cold_start_s, forecast_step_s)
-
-
-def _pods_moved(state: ScalingState, now: float, period_s: float, up: bool) -> int:
-    """Pods added (or removed) by scale events in the period ending now."""
-    total = 0
-    for ts, before, after in state.scale_events:
-        if now - period_s < ts <= now:
-            total += max(0, after - before) if up else max(0, before - after)
-    return total
-
-
-def _rate_limit(n: int, current: int, state: ScalingState, policy: ScalingPolicy,
-                now: float, trail: _Trail) -> int:
-    """At most `scale_*_pods` per period, counting what earlier events already used."""
-    if n > current:
-        used = _pods_moved(state, now, policy.scale_up_period_s, up=True)
-        limit = current + max(0, policy.scale_up_pods - used)
-        if n > limit:
-            n = trail.step(ReasonCode.SCALE_UP_LIMITED,
-                           f"at most +{policy.scale_up_pods} per {policy.scale_up_period_s:.0f}s"
-                           f" ({used} used)", n, limit)
-    elif n < current:
-        used = _pods_moved(state, now, policy.scale_down_period_s, up=False)
-        limit = current - max(0, policy.scale_down_pods - used)
-        if n < limit:
-            n = trail.step(ReasonCode.SCALE_DOWN_LIMITED,
-                           f"at most -{policy.scale_down_pods} per "
-                           f"{policy.scale_down_period_s:.0f}s ({used} used)", n, limit)
-    return n
-
-
-def _bounds(n: int, policy: ScalingPolicy, trail: _Trail) -> int:
-    if n > policy.max_replicas:
-        n = trail.step(ReasonCode.AT_MAX, f"max_replicas is {policy.max_replicas}", n,
-                       policy.max_replicas)
-    if n < policy.min_replicas:
-        n = trail.step(ReasonCode.AT_MIN, f"min_replicas is {policy.min_replicas}", n,
-                       policy.min_replicas)
-    return n
 
 
 def _zero_guard(n: int, need: _Need | None, floor: int | None, trail: _Trail) -> int:
@@ -437,9 +379,12 @@ def normalise(rec: Recommendation, policy: ScalingPolicy, state: ScalingState, n
     current = state.current_replicas
     trail = _Trail()
     trail.reasons.extend(rec.reasons)
-    n = _stabilise_down(rec.replicas, current, rec.need, state, policy, now, trail)
-    n = _rate_limit(n, current, state, policy, now, trail)
-    n = _bounds(n, policy, trail)
+    norm = hpa_normalise(rec.replicas, current, policy.min_replicas, policy.max_replicas,
+                         state.recommendations, state.scale_events, now, policy.behaviour)
+    n = trail.step(norm.stabilisation.code, norm.stabilisation.message, rec.replicas,
+                   norm.stabilised)
+    n = trail.step(norm.limit.code, norm.limit.message, n, norm.replicas)
+    n = _needed_soon(n, current, rec.need, trail)
     if quota is not None and n > max(quota, 0):
         n = trail.step(ReasonCode.QUOTA, quota_why or f"GPU quota allows {quota}", n,
                        max(quota, 0))
@@ -502,10 +447,9 @@ def next_state(state: ScalingState, decision: Decision, now: float,
     Assumes the target was applied; a controller that observed a different replica count
     should `replace(..., current_replicas=observed)` afterwards.
     """
-    keep = max(policy.scale_down_stabilisation_s, policy.scale_up_period_s,
-               policy.scale_down_period_s)
+    keep = policy.behaviour.history_s()
     rec = decision.recommendation if decision.recommendation is not None else decision.replicas
-    recs = (*((ts, r) for ts, r in state.recommendations if ts >= now - keep), (now, rec))
+    recs = (*((ts, r) for ts, r in state.recommendations if ts > now - keep), (now, rec))
     events = tuple(e for e in state.scale_events if e[0] > now - keep)
     if decision.replicas != state.current_replicas:
         events = (*events, (now, state.current_replicas, decision.replicas))

@@ -74,7 +74,8 @@ def stack(tmp_path: Path) -> Iterator[dict[str, object]]:
             "variants": [{
                 "name": "burst", "deployment": {"namespace": "llm-serving", "name": "burst"},
                 "profile": {"capacity_rps": CAPACITY, "cold_start_s": 300},
-                "behaviour": {"scale_up_pods": 20},
+                "behaviour": {"scaleUp": {"policies": [
+                    {"type": "Pods", "value": 20, "periodSeconds": 60}]}},
                 "min_replicas": 2, "max_replicas": 30}],
         }
         cfg_path = tmp_path / "forescale.yaml"

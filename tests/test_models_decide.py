@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.behaviour import Behaviour, ScalingPolicyRule, ScalingRules
 from models.decide import (
     Decision,
     DemandForecast,
@@ -23,6 +24,26 @@ T0 = 1_736_121_600.0
 FAST = settings(max_examples=120, deadline=None)
 
 
+def pods(up: int = 4, up_period: float = 60.0, down: int = 1, down_period: float = 60.0,
+         down_window: float = 300.0) -> Behaviour:
+    """An HPA behaviour with one Pods policy each way and no scale-up window."""
+    return Behaviour(ScalingRules(0.0, "Max", (ScalingPolicyRule("Pods", up, up_period),)),
+                     ScalingRules(down_window, "Max",
+                                  (ScalingPolicyRule("Pods", down, down_period),)))
+
+
+def with_rules(policy: ScalingPolicy, **kw: float) -> ScalingPolicy:
+    """`policy` with some of its Pods rules changed (keys: those of `pods`)."""
+    b = policy.behaviour
+    up, down = b.scale_up.policies[0], b.scale_down.policies[0]
+    args: dict[str, float] = {"up": up.value, "up_period": up.period_s, "down": down.value,
+                              "down_period": down.period_s,
+                              "down_window": b.down_window_s(), **kw}
+    return replace(policy, behaviour=pods(int(args["up"]), args["up_period"],
+                                          int(args["down"]), args["down_period"],
+                                          args["down_window"]))
+
+
 def flat(level: float, start: float = T0, steps: int = 120, q: float = 0.9) -> DemandForecast:
     return DemandForecast(start, 60, {q: np.full(steps, level, dtype=np.float64)})
 
@@ -33,9 +54,9 @@ def policies(draw: st.DrawFn, min_floor: int = 0) -> ScalingPolicy:
     return ScalingPolicy(
         min_replicas=lo, max_replicas=draw(st.integers(max(lo, 1), 30)),
         target_utilisation=draw(st.floats(0.5, 1.0)), tolerance=draw(st.floats(0.0, 0.3)),
-        scale_up_pods=draw(st.integers(1, 5)), scale_up_period_s=draw(st.floats(15, 120)),
-        scale_down_pods=draw(st.integers(1, 3)), scale_down_period_s=draw(st.floats(15, 120)),
-        scale_down_stabilisation_s=draw(st.floats(0, 600)),
+        behaviour=pods(draw(st.integers(1, 5)), draw(st.floats(15, 120)),
+                       draw(st.integers(1, 3)), draw(st.floats(15, 120)),
+                       draw(st.floats(0, 600))),
         forecast_window_s=draw(st.floats(0, 600)))
 
 
@@ -102,13 +123,17 @@ def test_rate_limits_hold_in_every_period(policy: ScalingPolicy, data: st.DataOb
     current = data.draw(st.integers(policy.min_replicas, policy.max_replicas))
     events = [(t, d.current, d.replicas) for t, d in run(policy, levels, dts, current, cap)
               if d.changed]
-    for t, _, _ in events:
-        up = sum(b - a for ts, a, b in events if t - policy.scale_up_period_s < ts <= t
-                 and b > a)
-        down = sum(a - b for ts, a, b in events if t - policy.scale_down_period_s < ts <= t
-                   and a > b)
-        assert up <= policy.scale_up_pods
-        assert down <= policy.scale_down_pods
+    up_rule = policy.behaviour.scale_up.policies[0]
+    down_rule = policy.behaviour.scale_down.policies[0]
+    for t, before, after in events:
+        # The HPA nets opposite events: each change is bounded from the count at the start of
+        # its policy's period (current minus added plus removed since then).
+        if after > before:
+            net = sum(b - a for ts, a, b in events if t - up_rule.period_s < ts <= t)
+            assert net <= up_rule.value
+        else:
+            net = sum(a - b for ts, a, b in events if t - down_rule.period_s < ts <= t)
+            assert net <= down_rule.value
 
 
 @FAST
@@ -154,7 +179,8 @@ def test_missing_forecast_never_scales_down(data: st.DataObject, policy: Scaling
 # --- named steps -------------------------------------------------------------------------
 
 
-POLICY = ScalingPolicy(min_replicas=1, max_replicas=20, target_utilisation=1.0, tolerance=0.1)
+POLICY = ScalingPolicy(min_replicas=1, max_replicas=20, target_utilisation=1.0, tolerance=0.1,
+                       behaviour=pods())
 
 
 def test_forecast_peak_sets_replicas_at_target_utilisation() -> None:
@@ -183,21 +209,21 @@ def test_replica_needed_again_within_cold_start_is_kept() -> None:
 def test_scale_down_stabilised_by_recent_recommendations() -> None:
     state = ScalingState(10, recommendations=((T0 - 100, 9),))
     d = decide(flat(2.0), 1.0, 0, POLICY, state, T0)
-    assert d.replicas == 9 and "ScaleDownStabilised" in d.reason_codes()
+    assert d.replicas == 9 and "ScaleDownStabilized" in d.reason_codes()
     assert d.recommendation == 2
 
 
 def test_scale_down_limited_per_period_counts_earlier_events() -> None:
-    p = replace(POLICY, scale_down_stabilisation_s=0, scale_down_pods=2)
+    p = with_rules(POLICY, down_window=0, down=2)
     d = decide(flat(1.0), 1.0, 0, p, ScalingState(10), T0)
-    assert d.replicas == 8 and "ScaleDownLimited" in d.reason_codes()
+    assert d.replicas == 8 and "ScaleDownLimit" in d.reason_codes()
     used = ScalingState(8, scale_events=((T0 - 30, 10, 8),))
     assert decide(flat(1.0), 1.0, 0, p, used, T0).replicas == 8
 
 
 def test_scale_up_limited_per_period() -> None:
-    d = decide(flat(50.0), 1.0, 0, replace(POLICY, scale_up_pods=3), ScalingState(2), T0)
-    assert d.replicas == 5 and "ScaleUpLimited" in d.reason_codes()
+    d = decide(flat(50.0), 1.0, 0, with_rules(POLICY, up=3), ScalingState(2), T0)
+    assert d.replicas == 5 and "ScaleUpLimit" in d.reason_codes()
 
 
 def test_reactive_floor_raises_above_forecast() -> None:
@@ -216,14 +242,15 @@ def test_within_tolerance_records_the_hold() -> None:
 
 
 def test_at_max_and_at_min() -> None:
-    p = replace(POLICY, scale_up_pods=100, max_replicas=7, min_replicas=2)
-    assert decide(flat(50.0), 1.0, 0, p, ScalingState(5), T0).reason_codes()[-1] == "AtMax"
-    assert decide(flat(0.0), 1.0, 0, replace(p, scale_down_stabilisation_s=0, scale_down_pods=9),
-                  ScalingState(5), T0).reason_codes()[-1] == "AtMin"
+    p = replace(with_rules(POLICY, up=100), max_replicas=7, min_replicas=2)
+    assert decide(flat(50.0), 1.0, 0, p, ScalingState(5), T0).reason_codes()[-1] == \
+        "TooManyReplicas"
+    assert decide(flat(0.0), 1.0, 0, with_rules(p, down_window=0, down=9),
+                  ScalingState(5), T0).reason_codes()[-1] == "TooFewReplicas"
 
 
 def test_zero_only_when_min_is_zero_and_demand_is_zero() -> None:
-    p = replace(POLICY, min_replicas=0, scale_down_stabilisation_s=0)
+    p = replace(with_rules(POLICY, down_window=0), min_replicas=0)
     assert decide(flat(0.0), 1.0, 0, p, ScalingState(1), T0).replicas == 0
     assert decide(flat(0.01), 1.0, 0, p, ScalingState(1), T0).replicas == 1
     assert decide(None, 1.0, 0, p, ScalingState(0), T0).replicas == 1
@@ -265,7 +292,7 @@ def test_invalid_inputs_are_refused_with_what_to_do() -> None:
 
 
 def test_next_state_records_recommendation_and_event_and_prunes() -> None:
-    p = replace(POLICY, scale_down_stabilisation_s=300)
+    p = with_rules(POLICY, down_window=300)
     old = ScalingState(3, ((T0 - 1000, 9),), ((T0 - 1000, 2, 3),))
     d = decide(flat(6.0), 1.0, 0, p, old, T0)
     new = next_state(old, d, T0, p)

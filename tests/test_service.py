@@ -144,7 +144,8 @@ def test_reactive_floor_lifts_the_target_when_live_load_exceeds_the_forecast() -
     src: ArraySource = svc.source  # type: ignore[assignment]
     src.live_override = 200.0  # a burst the forecast never saw
     rec = svc.reconcile()[0]
-    assert rec.reactive is not None and rec.reactive >= math.ceil(200 / (10 * 0.85))
+    util = svc.config.variants[0].behaviour.target_utilisation
+    assert rec.reactive is not None and rec.reactive >= math.ceil(200 / (10 * util))
     assert "ReactiveFloor" in {r["code"] for r in rec.reasons}
     assert rec.desired is not None and rec.desired > 3
 
@@ -191,20 +192,21 @@ def test_restart_keeps_the_stabilisation_window(tmp_path: Path) -> None:
     src2.live_override = 1.0
     rec = second.reconcile()[0]
     assert rec.desired == high, rec.reasons
-    assert "ScaleDownStabilised" in {r["code"] for r in rec.reasons}
+    assert "ScaleDownStabilized" in {r["code"] for r in rec.reasons}
 
 
 @pytest.mark.parametrize(("cold_start_s", "explicit", "held_at"), [
     (600.0, None, 450.0),  # default: the cold start (longer than the 60 s step)
-    (120.0, 450.0, 400.0),  # an explicit window wins
+    (120.0, 450, 400.0),  # an explicit window wins (integer seconds, as in the HPA)
 ])
 def test_scale_down_waits_a_cold_start_unless_configured(
-        cold_start_s: float, explicit: float | None, held_at: float) -> None:
+        cold_start_s: float, explicit: int | None, held_at: float) -> None:
     """By default a lower recommendation must hold for the variant's cold start: a replica
     removed and re-ordered sooner costs more GPU time than it saved."""
     load = daily_load(level=10.0)
     now = T0 + 3 * 86_400
-    behaviour = {} if explicit is None else {"scale_down_stabilisation_s": explicit}
+    behaviour = {} if explicit is None else {
+        "scaleDown": {"stabilizationWindowSeconds": explicit}}
     svc = make_service(load, now, replicas=4, behaviour=behaviour,
                        profile={"capacity_rps": 10.0, "cold_start_s": cold_start_s})
     svc.retrain()
@@ -215,7 +217,7 @@ def test_scale_down_waits_a_cold_start_unless_configured(
     src.live_override = 1.0
     svc.clock_box["now"] = now + held_at  # type: ignore[attr-defined]
     held = svc.reconcile()[0]
-    assert held.desired == high and "ScaleDownStabilised" in {r["code"] for r in held.reasons}
+    assert held.desired == high and "ScaleDownStabilized" in {r["code"] for r in held.reasons}
     svc.clock_box["now"] = now + (explicit or cold_start_s) + 60  # type: ignore[attr-defined]
     later = svc.reconcile()[0].desired
     assert later is not None and later < high
@@ -319,7 +321,8 @@ def test_config_reload_rebuilds_a_calibrator_built_on_the_old_settings() -> None
     svc.reconcile()
     rt = svc.variants["v"]
     before = rt.calibrator
-    assert before is not None and before.model.capacity_factor == pytest.approx(1 / 0.85)
+    util = svc.config.variants[0].behaviour.target_utilisation
+    assert before is not None and before.model.capacity_factor == pytest.approx(1 / util)
     svc.reconcile()
     assert rt.calibrator is before  # unchanged config: the record is kept
     svc.apply_config(service_config(behaviour={"target_utilisation": 0.7}))
