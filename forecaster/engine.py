@@ -37,7 +37,7 @@ from forecaster.base import (
     check_horizon,
     check_quantiles,
 )
-from forecaster.baselines import Naive, daily
+from forecaster.baselines import Naive, daily, trailing_means
 from forecaster.calibrated import PointForecaster
 from forecaster.models_lgbm import fit_many_booster
 from forecaster.prep import merge_tail, steps_per
@@ -124,6 +124,19 @@ class TrainedModel:
         return Forecast(self.variant, end + lag * self.step_s, self.step_s,
                         {q: v[lag:] for q, v in out.items()}, name,
                         self.trained_from, self.trained_to, dict(self.scores))
+
+    def window_average_level(self) -> float:
+        """The window-average baseline's forecast from the newest data the model holds: the
+        mean of the last `window_average_k` steps (NaN when no window was chosen).
+
+        For callers that judge the model on realised load against the best baseline (the
+        service's accuracy fallback): call after `forecast`, which merges the newest samples.
+        """
+        k = self.scores.get("window_average_k")
+        if k is None or not math.isfinite(k) or k < 1:
+            return math.nan
+        y = self._buffer_history().values
+        return float(trailing_means(y, int(k))[-1]) if y.shape[0] else math.nan
 
     def continue_from(self, previous: TrainedModel) -> bool:
         """Carry the adaptive quantile level over from the model this one replaces.

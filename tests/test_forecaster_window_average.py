@@ -95,6 +95,11 @@ def test_a_trained_model_reports_the_window_average_as_its_best_baseline() -> No
     assert m.scores["ratio_vs_best_baseline"] == pytest.approx(m.scores["mae"] / win)
     fc = m.forecast(None, None, HORIZON)
     assert fc.scores["mae_best_baseline"] == win  # what /forecast shows
+    k = int(m.scores["window_average_k"])
+    tail = History("flat", hist.end, STEP_S, np.array([80.0, 90.0]))
+    m.forecast(tail, None, HORIZON)
+    expect = np.concatenate((hist.values, tail.values))[-k:].mean()
+    assert m.window_average_level() == pytest.approx(expect)
 
 
 def test_the_selection_baseline_tunes_k_on_calibration_origins_only() -> None:
