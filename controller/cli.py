@@ -10,17 +10,49 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from controller.config import ConfigError, load_config
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# Plain (click) help: typer's rich help prints every flag as `--json <bool>`, as if it took a
+# value, `--help` included.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="forescale: predictive, variant-aware autoscaler for LLM inference.")
 err = Console(stderr=True)
 out = Console()
+
+
+def _print_table(table: Any) -> None:
+    """A table on stdout, whole. Piped into a file or a CI log, rich assumes 80 columns and
+    cuts names to `ser…`; there, print at the table's natural width instead."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    width = Console(width=10_000).measure(table).maximum
+    Console(width=max(80, width), highlight=False).print(table)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("forescale")
+        except PackageNotFoundError:  # run from a checkout without installing
+            v = "unknown (not installed)"
+        sys.stdout.write(f"forescale {v}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """forescale: predictive, variant-aware autoscaler for LLM inference."""
 
 
 def _fail(message: str) -> typer.Exit:
@@ -143,7 +175,7 @@ def backtest(
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:
-        out.print(render_table(result))
+        _print_table(render_table(result))
 
 
 @app.command()
@@ -188,7 +220,7 @@ def replay(
     if as_json:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
     else:
-        out.print(render_table(result))
+        _print_table(render_table(result))
         # How each policy ran (the predictive quantile, models, forecast and overload
         # decisions) and how much the load jumps: what a reader needs to trust or question
         # the figures above.

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from importlib.metadata import version
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from controller.cli import app
+from tests.support import SHARED_DATA
 
 runner = CliRunner()
 
@@ -57,3 +62,35 @@ def test_replay_text_output_explains_how_the_predictive_policy_ran(tmp_path: Pat
     assert "predictive: never forecast: it needs 36 completed windows of 600 s and the trace " \
            "has 20, so the reactive fallback (the HPA) ran throughout" in text
     assert "Traceback" not in result.output
+
+
+def forescale(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it, stdout piped (not a terminal, as in CI logs), no COLUMNS."""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "COLUMNS"}
+    return subprocess.run([sys.executable, "-m", "controller.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def test_version_prints_the_installed_version() -> None:
+    done = forescale("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"forescale {version('forescale')}\n"
+
+
+@pytest.mark.parametrize("command", ["backtest", "replay"])
+def test_help_shows_json_as_a_flag_not_a_bool_value(command: str) -> None:
+    done = forescale(command, "--help")
+    assert done.returncode == 0, done.stderr
+    assert "<bool>" not in done.stdout, done.stdout
+    (line,) = [ln for ln in done.stdout.splitlines() if ln.strip().startswith("--json")]
+    assert line.split()[1:3] == ["One", "JSON"], line  # the help text follows the flag
+
+
+def test_backtest_table_prints_whole_names_when_stdout_is_not_a_terminal() -> None:
+    """Piped output used to be cut to 80 columns: `azure…` and `sea…` in CI logs."""
+    done = forescale("backtest", "--data", str(SHARED_DATA / "azure_llm_2023_per_10s.csv"),
+                     "--series", "azure2023-conv")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "…" not in done.stdout, done.stdout
+    row = next(ln for ln in done.stdout.splitlines() if "azure2023-conv" in ln)
+    assert "summary" in done.stdout and len(row) > 80
