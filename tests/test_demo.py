@@ -16,6 +16,8 @@ from tests.support.proc import stop_process
 
 pytestmark = pytest.mark.integration
 
+TOKEN = "demo-test-token"
+
 
 @pytest.fixture(scope="module")
 def demo_url() -> Iterator[str]:
@@ -23,7 +25,7 @@ def demo_url() -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "controller.cli", "demo", "--port", str(port), "--speed", "60"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "COLUMNS": "200"})
+        env={**os.environ, "COLUMNS": "200", "FORESCALE_API_TOKEN": TOKEN})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -87,3 +89,34 @@ def test_demo_serves_a_png_and_metrics(demo_url: str) -> None:
     assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n"
     m = httpx.get(f"{demo_url}/metrics", timeout=10).text
     assert 'forescale_desired_replicas{variant="servegen-m-small"}' in m
+
+
+def test_demo_retrain_uses_the_token_from_the_environment(demo_url: str) -> None:
+    """The demo honours FORESCALE_API_TOKEN (it was hard-coded off: 503 whatever the env)."""
+    r = httpx.post(f"{demo_url}/retrain", timeout=10)
+    assert r.status_code == 401, r.text
+    for _ in range(5):
+        r = httpx.post(f"{demo_url}/retrain", params={"variant": "servegen-m-small"},
+                       headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
+        if r.status_code != 409:  # 409: the scheduled retrain is running; ask again
+            break
+    assert r.status_code == 200, r.text
+    assert set(r.json()["trained"]) == {"servegen-m-small"}
+
+
+def test_demo_fleet_starts_where_a_running_cluster_would_be(demo_url: str) -> None:
+    """The simulated fleet starts at the replicas for the live load, not at min_replicas
+    (2 replicas against 1,158 req/s showed minutes of unserved demand at start)."""
+    decisions = httpx.get(f"{demo_url}/decisions", params={"limit": 1000}, timeout=10).json()
+    first = {}
+    for d in decisions:
+        first.setdefault(d["variant"], d)
+    assert set(first) == {"servegen-m-large", "servegen-m-mid", "servegen-m-small"}
+    capacity = {v["name"]: v["capacity_rps_at_slo"]
+                for v in httpx.get(f"{demo_url}/variants", timeout=10).json()}
+    for name, d in first.items():
+        assert d["current"] > 2, d  # min_replicas is 2
+        # Sized for the live load at the start; by the first decision (the first retrain
+        # takes trace-minutes at 60x) the load may have moved by a window: 14 replicas of
+        # servegen-m-mid serve 1,253 of its 1,603 req/s then, where 2 served 179.
+        assert d["current"] * capacity[name] >= 0.6 * d["live"]["request_rate"], d
