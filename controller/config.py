@@ -355,7 +355,16 @@ class VariantGroup(_Strict):
 
 
 class Schedules(_Strict):
-    retrain_interval_s: float = Field(default=3600, ge=10, le=7 * 86_400)
+    retrain_interval_s: float = Field(
+        default=3600, ge=10, le=7 * 86_400,
+        description="How often models are brought up to date: a variant whose selection is "
+                    "older than reselect_interval_s (or served by a fallback) is selected "
+                    "again, every candidate backtested; the others keep their model, which "
+                    "already takes every new sample into its buffer and its error record")
+    reselect_interval_s: float = Field(
+        default=86_400, ge=10, le=30 * 86_400,
+        description="How old a model selection may get before every candidate is fitted "
+                    "and backtested again (the expensive part of training)")
     reconcile_interval_s: float = Field(default=30, ge=1, le=3600)
     jitter_s: float = Field(default=5, ge=0, le=3600)
     retrain_budget_s: float = Field(default=300, gt=0, le=86_400)
@@ -363,7 +372,10 @@ class Schedules(_Strict):
 
 
 class ForecastConfig(_Strict):
-    quantiles: list[float] = Field(default=[0.5, 0.9, 0.99], min_length=1)
+    quantiles: list[float] = Field(
+        default=[0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999], min_length=1,
+        description="Levels forecast and served; the provisioning quantile is chosen between "
+                    "them, so the top levels let bursty variants buy the headroom they need")
     provisioning_quantile: float = Field(default=0.9, gt=0, lt=1)
     horizon_s: float = Field(default=1800, gt=0, le=7 * 86_400,
                              description="How far ahead to forecast; raised to cover each "

@@ -72,11 +72,16 @@ class ForescaleMetrics:
                                       "(applied, retrain, invalid, refused)", ["outcome"],
                                       registry=r)
         self.is_leader = Gauge("forescale_leader", "1 if this instance may actuate", registry=r)
+        self._reasons: dict[str, tuple[str, ...]] = {}
         self.ready = Gauge("forescale_ready", "1 once every variant has a model or fallback",
                            registry=r)
 
     def record_reasons(self, variant: str, codes: tuple[str, ...]) -> None:
-        """Replace the variant's reason labels: old reasons must not linger as 1."""
+        """Replace the variant's reason labels: old reasons must not linger as 1. Unchanged
+        reasons are left as they are (most reconciles repeat the last ones)."""
+        if self._reasons.get(variant) == codes:
+            return
+        self._reasons[variant] = codes
         for labels in list(self.reason._metrics):
             if labels[0] == variant:
                 self.reason.remove(*labels)

@@ -16,8 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
 from controller.config import Config, ConfigError, VariantConfig
 from controller.metrics import ForescaleMetrics
 from controller.protocols import (
@@ -144,6 +142,7 @@ class Service:
         #: Receives every decision record as it is made (the replay keeps them all; the
         #: in-memory log keeps the last DECISION_LOG_SIZE per variant).
         self.record_sink = record_sink
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         #: The last plan for variant groups (routing weights, unserved demand), if any.
         self.allocation: Allocation | None = None
         self._restore()
@@ -153,6 +152,15 @@ class Service:
             self.metrics.record_model(name, model.model_name)
             log.info("serving %s with persisted model %s", name, model.model_name)
         self.metrics.ready.set(1 if self.ready() else 0)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """A labelled child of a metric, looked up once: `labels()` takes a lock and builds
+        its key on every call, which a replay makes millions of times."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # ------------------------------------------------------------------ config reload
     def apply_config(self, new: Config) -> bool:
@@ -192,7 +200,7 @@ class Service:
             saved = self.state_store.load()
         except (TemporaryError, PermanentError) as exc:
             log.error("cannot load saved state (%s): starting without it", exc)
-            self.metrics.reconcile_errors.labels("*", "state-load").inc()
+            self._child(self.metrics.reconcile_errors, "*", "state-load").inc()
             return
         for name, data in (saved.get("variants") or {}).items():
             rt = self.variants.get(name)
@@ -238,7 +246,7 @@ class Service:
             self.state_store.save(self.snapshot())
         except (TemporaryError, PermanentError, OSError) as exc:
             log.error("cannot save state (%s): will retry next reconcile", exc)
-            self.metrics.reconcile_errors.labels("*", "state-save").inc()
+            self._child(self.metrics.reconcile_errors, "*", "state-save").inc()
 
     # ------------------------------------------------------------------ training
     def horizon_steps(self, v: VariantConfig) -> int:
@@ -248,8 +256,28 @@ class Service:
                    v.profile.cold_start_s + 2 * self.config.schedules.reconcile_interval_s + step)
         return max(1, math.ceil(need / step))
 
+    def selection_due(self, name: str, now: float) -> str | None:
+        """Why the variant's model must be selected again now, or None to keep it.
+
+        Selecting (every candidate fitted and backtested) is the expensive part of training;
+        between selections the model takes every new sample into its buffer and its error
+        record at each forecast (`PointForecaster.update`), so an hourly retrain of a model
+        selected an hour ago would redo the same work on one more hour of two weeks.
+        """
+        m = self.variants[name].model
+        if m is None:
+            return "no model yet"
+        if m.fallback_reason is not None:
+            return f"served by a fallback ({m.fallback_reason})"
+        age = now - m.trained.trained_to
+        if age >= self.config.schedules.reselect_interval_s:
+            return f"selected {age / 3600:.1f} h ago"
+        return None
+
     def retrain(self, names: Sequence[str] | None = None) -> TrainingReport:
-        """Fit models for the variants (all by default); failures fall back, never raise."""
+        """Fit models for the variants (all by default; those named are always selected
+        again, the scheduled pass only those `selection_due`); failures fall back, never
+        raise."""
         if not self._train_lock.acquire(blocking=False):
             raise TemporaryError("a retrain is already running")
         try:
@@ -259,20 +287,24 @@ class Service:
             now = math.floor(self.clock() / step) * step
             start = now - self.config.prometheus.history_days * 86_400
             histories: dict[str, History] = {}
-            for name in names or list(self.variants):
+            due = list(names) if names else [n for n in self.variants
+                                             if self.selection_due(n, now) is not None]
+            for name in due:
                 try:
                     h = self.source.history(name, start, now, step)
                 except (TemporaryError, PermanentError) as exc:
                     log.warning("retrain %s: cannot read history: %s; keeping the last "
                                 "model", name, exc)
-                    self.metrics.training_failures.labels(name).inc()
+                    self._child(self.metrics.training_failures, name).inc()
                     continue
                 if h.n_valid() == 0:
                     log.warning("retrain %s: history has no samples at all; keeping the last "
                                 "model", name)
-                    self.metrics.training_failures.labels(name).inc()
+                    self._child(self.metrics.training_failures, name).inc()
                     continue
                 histories[name] = h
+            if not histories:
+                return TrainingReport({}, {}, 0.0)  # nothing due: the models stand
             t0 = time.perf_counter()
             report = train_models(histories, {n: self.horizon_steps(self.variants[n].config)
                                               for n in histories},
@@ -285,7 +317,7 @@ class Service:
                 self.variants[name].model = model
                 self.metrics.record_model(name, model.model_name)
             for name in report.failed:
-                self.metrics.training_failures.labels(name).inc()
+                self._child(self.metrics.training_failures, name).inc()
             self.generation += 1
             self._forecast_cache.clear()
             self.last_training = report
@@ -363,7 +395,7 @@ class Service:
                                        time_limit_s=2.0)
         except Exception as exc:  # a planning bug must not stop reconciling
             log.exception("group planning failed: %s", exc)
-            self.metrics.reconcile_errors.labels("*", "group-plan").inc()
+            self._child(self.metrics.reconcile_errors, "*", "group-plan").inc()
 
     def _quota(self, name: str, current: int) -> tuple[int | None, str]:
         """The most replicas the variant's GPU-type quota allows, counting what the other
@@ -433,10 +465,10 @@ class Service:
             live = self.source.live(name, now)
         except (TemporaryError, PermanentError) as exc:
             log.warning("reconcile %s: live signals unavailable: %s", name, exc)
-            self.metrics.reconcile_errors.labels(name, "live-signals").inc()
+            self._child(self.metrics.reconcile_errors, name, "live-signals").inc()
             return None
         if live.request_rate is not None:
-            self.metrics.actual.labels(name).set(live.request_rate)
+            self._child(self.metrics.actual, name).set(live.request_rate)
         return live
 
     def _forecast_for(self, name: str, rt: VariantRuntime, now: float
@@ -447,13 +479,14 @@ class Service:
         try:
             fc, observed = self._forecast(name, now=now)
         except (TemporaryError, PermanentError) as exc:
-            self.metrics.reconcile_errors.labels(name, "forecast").inc()
+            self._child(self.metrics.reconcile_errors, name, "forecast").inc()
             return None, None, f"forecast unavailable: {exc}"
-        if not all(np.isfinite(v).all() for v in fc.quantiles.values()):
-            self.metrics.reconcile_errors.labels(name, "forecast-nan").inc()
-        else:
+        fresh = fc is not rt.policy.last_forecast
+        if not rt.policy.usable(fc):
+            self._child(self.metrics.reconcile_errors, name, "forecast-nan").inc()
+        elif fresh:
             for q in self.config.forecast.quantiles:
-                self.metrics.forecast.labels(name, str(q)).set(float(fc.at(q)[0]))
+                self._child(self.metrics.forecast, name, str(q)).set(float(fc.at(q)[0]))
         return fc, observed, f"model {fc.model}"
 
     def capacity(self, rt: VariantRuntime) -> CapacityEstimate:
@@ -487,10 +520,10 @@ class Service:
         decision, source = rt.policy.step(now, current, live, fc, observed, why,
                                           quota=quota, quota_why=quota_why)
         if rt.policy.accuracy.misses > misses:
-            self.metrics.forecast_miss.labels(name).inc()
+            self._child(self.metrics.forecast_miss, name).inc()
         if decision.reactive is not None and (decision.predictive is None
                                               or decision.reactive > decision.predictive):
-            self.metrics.reactive_override.labels(name).inc()
+            self._child(self.metrics.reactive_override, name).inc()
         outcome, message = self._actuate(name, target, decision, mode)
         rt.policy.commit(decision, now, applied=outcome not in ("failed", "follower"))
         self._export(name, v, decision, current)
@@ -523,20 +556,20 @@ class Service:
 
     def _export(self, name: str, v: VariantConfig, d: Decision, current: int) -> None:
         m = self.metrics
-        m.desired.labels(name).set(d.replicas)
-        m.current.labels(name).set(current)
+        self._child(m.desired, name).set(d.replicas)
+        self._child(m.current, name).set(current)
         if d.predictive is not None:
-            m.predictive.labels(name).set(d.predictive)
+            self._child(m.predictive, name).set(d.predictive)
         if d.reactive is not None:
-            m.reactive.labels(name).set(d.reactive)
+            self._child(m.reactive, name).set(d.reactive)
         rt = self.variants[name]
-        m.forecast_error.labels(name).set(rt.policy.accuracy.error_ratio)
-        m.fallback_active.labels(name).set(int(rt.policy.fallback_active))
-        m.provisioning_quantile.labels(name).set(rt.policy.quantile)
+        self._child(m.forecast_error, name).set(rt.policy.accuracy.error_ratio)
+        self._child(m.fallback_active, name).set(int(rt.policy.fallback_active))
+        self._child(m.provisioning_quantile, name).set(rt.policy.quantile)
         m.record_reasons(name, d.reason_codes())
-        m.cost_per_hour.labels(name).set(d.cost_per_hour)
-        m.gpus.labels(name, v.profile.gpu_type).set(d.replicas * v.profile.gpus_per_replica)
-        m.unserved.labels(name).set(d.unserved_rps)
+        self._child(m.cost_per_hour, name).set(d.cost_per_hour)
+        self._child(m.gpus, name, v.profile.gpu_type).set(d.replicas * v.profile.gpus_per_replica)
+        self._child(m.unserved, name).set(d.unserved_rps)
 
     def _record(self, rt: VariantRuntime, now: float, outcome: str, mode: str,
                 current: int | None, desired: int | None, predictive: int | None,
@@ -556,9 +589,9 @@ class Service:
         rt.last = rec
         if self.record_sink is not None:
             self.record_sink(rec)
-        self.metrics.decisions.labels(rt.config.name, outcome).inc()
+        self._child(self.metrics.decisions, rt.config.name, outcome).inc()
         if kind is not None:
-            self.metrics.reconcile_errors.labels(rt.config.name, kind).inc()
+            self._child(self.metrics.reconcile_errors, rt.config.name, kind).inc()
         level = logging.WARNING if outcome == "failed" else logging.INFO
         log.log(level, "decision %s: %s current=%s desired=%s reasons=%s (%s)", rt.config.name,
                 outcome, current, desired, ",".join(r["code"] for r in reasons) or "-", message)

@@ -11,9 +11,10 @@ virtual clock makes, line for line, the decisions `serve` would have made.
 One step is the HPA-shaped two-stage pipeline of `models.decide`:
 
     recommend   forecast need at the tuned quantile over the window one cold start ahead
-                (corrected by the live load inside a long window: `nowcast`), or the live
-                load when the forecast is missing or worse than naive (reactive mode); raised
-                to the overload floor of the live signals (`models.reactive`); dead band
+                (corrected by the live load inside a long window: `nowcast`; centred on the
+                live load, keeping the model's spread, while the model has been clearly
+                worse than naive: reactive mode); raised to the overload floor of the live
+                signals (`models.reactive`); dead band; no forecast at all: hold
     normalise   scale-down stabilisation and the forecast's near-term need, rate limits,
                 min/max, GPU quota, zero guard; every clamp a reason code
 """
@@ -137,6 +138,15 @@ class VariantPolicy:
             quantile, settings.attainment_target
             + CALIBRATION_MARGIN * (1.0 - settings.attainment_target))
         self.last: Decision | None = None
+        #: The forecast most recently checked by `usable`, and the answer.
+        self.last_forecast: Forecast | None = None
+        self._usable = False
+        #: The settings the calibrator's shortfall model was last checked against.
+        self._calibrated_for: PolicySettings | None = None
+        self._recorded: Forecast | None = None
+        self._level_key: tuple[int, float] | None = None
+        self._level_fc: Forecast | None = None
+        self._level_qs: dict[float, FloatArray] = {}
         #: Decisions made on a forecast, and those the overload floor raised.
         self.forecast_decisions = 0
         self.floor_decisions = 0
@@ -163,6 +173,14 @@ class VariantPolicy:
         if quantile is not None:
             self.headroom.quantile = quantile
 
+    def usable(self, fc: Forecast) -> bool:
+        """Whether every value of the forecast is finite (checked once per forecast: the
+        service steps many times on one forecast window)."""
+        if fc is not self.last_forecast:
+            self.last_forecast = fc
+            self._usable = all(bool(np.isfinite(v).all()) for v in fc.quantiles.values())
+        return self._usable
+
     # ------------------------------------------------------------------ the step
     def _calibrate(self, fc: Forecast, observed: tuple[float, float] | None) -> None:
         """Give the calibrator the forecast that orders replicas for the window one cold
@@ -170,10 +188,16 @@ class VariantPolicy:
         levels = tuple(sorted(fc.quantiles))
         if len(levels) < 2:
             return
-        model = self.settings.shortfall(float(fc.step_s))
         cal = self.headroom.calibrator
-        if cal is None or cal.levels != levels or cal.model != model:
-            self.headroom.calibrator = cal = calibrator_for(levels, model)
+        if cal is None or cal.levels != levels or cal.model.window_s != fc.step_s \
+                or self._calibrated_for is not self.settings:
+            model = self.settings.shortfall(float(fc.step_s))
+            if cal is None or cal.levels != levels or cal.model != model:
+                self.headroom.calibrator = cal = calibrator_for(levels, model)
+            self._calibrated_for = self.settings
+        if fc is self._recorded:
+            return  # this forecast window is on record already
+        self._recorded = fc
         ahead = min(fc.horizon - 1, int(self.settings.cold_start_s // fc.step_s))
         if observed is not None:
             cal.observe(*observed)
@@ -191,6 +215,19 @@ class VariantPolicy:
             self.accuracy.expect(fc.issued_at, p50, provisioned, observed[1])
             self.accuracy.observe(*observed)
 
+    def _levels(self, fc: Forecast) -> dict[float, FloatArray]:
+        """The forecast at the provisioning quantile (interpolated once per forecast and
+        quantile, or the nearest level outside them) and at the median (for `nowcast`)."""
+        q = self.quantile
+        if self._level_key != (id(fc), q) or self._level_fc is not fc:
+            lo, hi = min(fc.quantiles), max(fc.quantiles)
+            edge = min(max(q, lo), hi)
+            qs = {edge: np.asarray(fc.at(edge), dtype=np.float64)}
+            if lo <= 0.5 <= hi:
+                qs[0.5] = np.asarray(fc.at(0.5), dtype=np.float64)
+            self._level_key, self._level_fc, self._level_qs = (id(fc), q), fc, qs
+        return dict(self._level_qs)
+
     def _demand(self, now: float, live: LiveSignals | None, fc: Forecast | None,
                 observed: tuple[float, float] | None, why: str
                 ) -> tuple[DemandForecast | None, str, bool]:
@@ -199,30 +236,29 @@ class VariantPolicy:
         rate = live.request_rate if live is not None else None
         if rate is not None and not math.isfinite(rate):
             rate = None
-        if fc is not None and not all(np.isfinite(v).all() for v in fc.quantiles.values()):
+        if fc is not None and not self.usable(fc):
             why = f"forecast from {fc.model} has NaN/Inf: ignored"
             fc = None
         if fc is None:
             # Missing or broken forecast: hold (the overload floor can still raise it).
             return None, why, False
         self._track(fc, observed)
+        qs = self._levels(fc)
         if not self.accuracy.fallback_active:
-            qs = dict(fc.quantiles)
             if self.settings.nowcast and rate is not None:
                 qs = nowcast(qs, rate, now - fc.issued_at, fc.step_s,
                              self.settings.metrics_window_s)
             self.forecast_decisions += 1
             return DemandForecast(fc.issued_at, fc.step_s, qs), f"model {fc.model}", False
         why = "reactive fallback: forecast worse than the naive baseline recently"
-        if rate is None:
+        if rate is None or 0.5 not in qs:
             return None, why, False
-        # Reactive mode: the live load, served at the utilisation target, both ways.
-        horizon = max(2, math.ceil((self.settings.cold_start_s
-                                    + self.settings.scaling.forecast_window_s)
-                                   / self.settings.interval_s) + 2)
-        flat = np.full(horizon, rate)
-        return (DemandForecast(now, max(1, round(self.settings.interval_s)), {0.5: flat}),
-                f"{why}; serving the live load {rate:.3g} req/s reactively", True)
+        # Reactive mode: centred on the live load (the naive forecast that beat the model),
+        # with the model's spread above its median kept as the headroom.
+        median = qs[0.5]
+        centred = {q: np.maximum(rate + v - median, 0.0) for q, v in qs.items()}
+        return (DemandForecast(fc.issued_at, fc.step_s, centred),
+                f"{why}; centred on the live load {rate:.3g} req/s", True)
 
     def step(self, now: float, current: int, live: LiveSignals | None,
              forecast: Forecast | None, observed: tuple[float, float] | None = None,
@@ -240,7 +276,7 @@ class VariantPolicy:
         state = self.scaling_state(current)
         decision = decide(demand, s.capacity_rps, s.cold_start_s, s.scaling, state, now,
                           reactive_floor=floor, floor_why=floor_why,
-                          quantile=0.5 if reactive else self.quantile,
+                          quantile=self.quantile,
                           gpus_per_replica=s.gpus_per_replica,
                           gpu_hourly_usd=s.gpu_hourly_usd, quota=quota, quota_why=quota_why)
         if reactive:

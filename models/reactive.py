@@ -1,11 +1,12 @@
 """The reactive floor and forecast-accuracy tracking: pure functions of live signals.
 
 The floor acts on *observed overload* only: the ready fleet carrying more than its capacity
-(by the tolerance), a queue worth more than `overload_queue_s` of the fleet's capacity or more
-than `queue_per_replica` per ready replica, KV cache or TTFT p95 over their targets. Then it
-asks for the load plus the queue drained within `drain_s`, and for the HPA's
-`ceil(ready * observed / target)` on each signal over its target; the decision takes the larger
-of that and the forecast, so a forecast miss is caught within one reconcile.
+(by the tolerance), a queue worth more than `overload_queue_s` of the fleet's capacity and
+more than `queue_per_replica` per ready replica, KV cache or TTFT p95 over their targets.
+Then it asks for the live load plus the queue drained within `drain_s`, at the utilisation
+target (without a load figure, the HPA's `ceil(ready * observed / target)`, at most doubling);
+the decision takes the larger of that and the forecast, so a forecast miss is caught within
+one reconcile.
 
 Normal load is the forecast's business: the provisioning quantile *is* the headroom, and a
 floor at `load / target_utilisation` on every reconcile would count it twice (the replay
@@ -62,8 +63,10 @@ def reactive_floor(signals: LiveSignals | None, current: int,
     if rate is not None and rate > tol * serving:
         candidates.append((0, f"load {rate:.3g} req/s over {base} ready replicas' "
                               f"{serving:.3g}"))
-    if queue is not None and (queue > targets.overload_queue_s * serving
-                              or queue / base > tol * targets.queue_per_replica):
+    # A queue is overload when it is both long for the fleet (seconds of its capacity) and
+    # over the per-replica target: a few waiting requests at 100 req/s a replica are noise.
+    if queue is not None and queue > max(targets.overload_queue_s * serving,
+                                         tol * targets.queue_per_replica * base):
         candidates.append((math.ceil(queue / targets.queue_per_replica - 1e-9),
                            f"queue {queue:.3g} ({queue / base:.3g}/replica, target "
                            f"{targets.queue_per_replica:.3g})"))
@@ -76,24 +79,34 @@ def reactive_floor(signals: LiveSignals | None, current: int,
     if not candidates:
         return None, "not overloaded"
     if rate is not None:
+        # The amount comes from the load: the live load plus the queue drained within
+        # `drain_s`, at the utilisation target. The per-signal ratios only detect overload
+        # here: a queue or a TTFT grows far faster than the capacity missing (a queue of
+        # 1,000 over a target of 4 is not 250 times the replicas).
         drain = math.ceil((rate + (queue or 0.0) / targets.drain_s)
                           / (targets.capacity_rps * targets.target_utilisation) - 1e-9)
-        candidates = [(max(n, drain), why) for n, why in candidates]
+        why = max(candidates)[1]
+        return max(drain, ready), f"overload: {why}"
+    # Without a load figure, the HPA's ratio, at most doubling the ready fleet per pass.
     n, why = max(candidates)
-    return max(n, ready), f"overload: {why}"
+    return max(min(n, 2 * base), ready), f"overload: {why}"
 
 
 @dataclass
 class AccuracyTracker:
     """Rolling comparison of the forecast against the naive baseline on realised load.
 
-    When the model's recent error exceeds the baseline's by `margin`, the variant is served
-    reactively until it recovers; misses (actual above the provisioned quantile) are counted.
+    When the model's recent error exceeds the baseline's by `margin`, the policy centres the
+    forecast on the live load (keeping the model's spread, so the calibrated headroom stays)
+    until it recovers; misses (actual above the provisioned quantile) are counted.
     """
 
-    window: int = 24
-    margin: float = 1.05
-    min_samples: int = 6
+    #: Windows scored, and how much worse than naive the model must be over them: a model
+    #: about as good as naive (bursty series) keeps its calibrated quantiles; only a model
+    #: clearly worse (a broken fit, a regime change) hands over to the naive centre.
+    window: int = 48
+    margin: float = 1.2
+    min_samples: int = 12
 
     def __post_init__(self) -> None:
         self._pending: dict[float, tuple[float, float, float]] = {}

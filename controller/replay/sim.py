@@ -131,6 +131,18 @@ class SimResult:
         paid = float(self.ordered.sum()) * self.dt * fleet.capacity_rps
         return float(self.served.sum()) / paid if paid > 0 else math.nan
 
+    def tail(self, skip: int) -> SimResult:
+        """The record from step `skip` on (a warm-up simulated but not scored); scale events
+        and cold starts are counted from the ordered replicas' changes after it."""
+        if skip <= 0:
+            return self
+        o = self.ordered[skip - 1:]
+        steps = np.diff(o)
+        return SimResult(self.start + skip * self.dt, self.dt, self.arrivals[skip:],
+                         self.served[skip:], self.queue[skip:], self.ready[skip:],
+                         self.ordered[skip:], self.ttft_s[skip:], self.met[skip:],
+                         int(np.count_nonzero(steps)), int(steps[steps > 0].sum()))
+
     def gpu_hours(self, fleet: Fleet) -> float:
         return float(self.ordered.sum()) * self.dt * fleet.gpus_per_replica / 3600.0
 
@@ -172,60 +184,103 @@ def _ffill(values: FloatArray) -> FloatArray:
     return out
 
 
+class FleetSim:
+    """One variant's fleet on the simulation clock, stepped from outside.
+
+    `observe` says what a controller may see at step k, `order` applies its target (billing
+    starts at once; a removed replica stops at once, still-starting ones first, newest first,
+    as a ReplicaSet prefers deleting pods that are not ready), `serve` runs step k. Several
+    fleets can be stepped in lockstep (the service decides for every variant at once);
+    `simulate` drives one fleet with one controller.
+    """
+
+    def __init__(self, arrivals: FloatArray, start: float, dt: float, fleet: Fleet,
+                 initial_replicas: int, metrics_window_s: float = 60.0) -> None:
+        self.arrivals = arrivals
+        self.start = start
+        self.dt = dt
+        self.fleet = fleet
+        self.n = int(arrivals.shape[0])
+        self._cap_step = fleet.capacity_rps * dt
+        self._cum = np.concatenate(([0.0], np.cumsum(arrivals))).tolist()
+        self._arr = arrivals.tolist()
+        self._win = max(1, round(metrics_window_s / dt))
+        self._pending: deque[float] = deque()
+        self.ready = max(0, int(initial_replicas))
+        self.queue = 0.0
+        self.events = 0
+        self.cold = 0
+        self._q_start = [0.0] * self.n
+        self._served = [0.0] * self.n
+        self._ready = [0] * self.n
+        self._ordered = [0] * self.n
+
+    @property
+    def ordered(self) -> int:
+        return self.ready + len(self._pending)
+
+    def observe(self, k: int) -> Observation:
+        """What a controller sees before step k: the fleet and the mean arrival rate over the
+        metrics window ending now (as Prometheus' `rate()` would say)."""
+        lo = max(0, k - self._win)
+        c = self._cum
+        load = (c[k] - c[lo]) / ((k - lo) * self.dt) if k > lo else self._arr[0] / self.dt
+        return Observation(self.start + k * self.dt, k, self.ready, self.ordered, self.queue,
+                           load)
+
+    def order(self, k: int, want: int) -> None:
+        """Set the fleet's target (spec replicas) at step k."""
+        now = self.start + k * self.dt
+        want = max(0, int(want))
+        have = self.ordered
+        if want != have:
+            self.events += 1
+        if want > have:
+            self.cold += want - have
+            self._pending.extend([now + self.fleet.cold_start_s] * (want - have))
+        else:
+            drop = have - want
+            while drop and self._pending:
+                self._pending.pop()
+                drop -= 1
+            self.ready -= drop
+
+    def serve(self, k: int) -> None:
+        """Start replicas whose cold start has elapsed, then serve step k."""
+        now = self.start + k * self.dt
+        pending = self._pending
+        while pending and pending[0] <= now + 1e-9:
+            pending.popleft()
+            self.ready += 1
+        backlog = self.queue + self._arr[k]
+        served = min(backlog, self.ready * self._cap_step)
+        self._q_start[k] = self.queue
+        self.queue = backlog - served
+        self._served[k] = served
+        self._ready[k] = self.ready
+        self._ordered[k] = self.ready + len(pending)
+
+    def result(self) -> SimResult:
+        return _finish(self.arrivals, self.start, self.dt, self.fleet,
+                       np.array(self._q_start), np.array(self._served),
+                       np.array(self._ready, dtype=np.float64),
+                       np.array(self._ordered, dtype=np.float64), self.events, self.cold)
+
+
 def simulate(arrivals: FloatArray, start: float, dt: float, fleet: Fleet,
              controller: Controller, initial_replicas: int, decision_every: int,
              metrics_window_s: float = 60.0) -> SimResult:
     """Replay `arrivals` (requests per step) through a fleet driven by `controller`.
 
     Order within a step: decide (every `decision_every` steps), start replicas whose cold start
-    has elapsed, then serve. Scale-down removes still-starting replicas first, newest first,
-    as a ReplicaSet prefers deleting pods that are not ready.
+    has elapsed, then serve.
     """
-    n = int(arrivals.shape[0])
-    cap_step = fleet.capacity_rps * dt
-    cum = np.concatenate(([0.0], np.cumsum(arrivals))).tolist()
-    arr = arrivals.tolist()
-    win = max(1, round(metrics_window_s / dt))
-    pending: deque[float] = deque()
-    ready = max(0, int(initial_replicas))
-    queue = 0.0
-    events = cold = 0
-    q_start = [0.0] * n
-    served_l = [0.0] * n
-    ready_l = [0] * n
-    ordered_l = [0] * n
-    for k in range(n):
-        now = start + k * dt
+    sim = FleetSim(arrivals, start, dt, fleet, initial_replicas, metrics_window_s)
+    for k in range(sim.n):
         if k % decision_every == 0:
-            lo = max(0, k - win)
-            load = (cum[k] - cum[lo]) / ((k - lo) * dt) if k > lo else arr[0] / dt
-            obs = Observation(now, k, ready, ready + len(pending), queue, load)
-            want = max(0, int(controller.target(obs)))
-            have = ready + len(pending)
-            if want != have:
-                events += 1
-            if want > have:
-                cold += want - have
-                pending.extend([now + fleet.cold_start_s] * (want - have))
-            else:
-                drop = have - want
-                while drop and pending:
-                    pending.pop()
-                    drop -= 1
-                ready -= drop
-        while pending and pending[0] <= now + 1e-9:
-            pending.popleft()
-            ready += 1
-        backlog = queue + arr[k]
-        served = min(backlog, ready * cap_step)
-        q_start[k] = queue
-        queue = backlog - served
-        served_l[k] = served
-        ready_l[k] = ready
-        ordered_l[k] = ready + len(pending)
-    return _finish(arrivals, start, dt, fleet, np.array(q_start), np.array(served_l),
-                   np.array(ready_l, dtype=np.float64), np.array(ordered_l, dtype=np.float64),
-                   events, cold)
+            sim.order(k, controller.target(sim.observe(k)))
+        sim.serve(k)
+    return sim.result()
 
 
 def _finish(arrivals: FloatArray, start: float, dt: float, fleet: Fleet, q0: FloatArray,
