@@ -4,7 +4,7 @@ Why a real server: the PromQL forescale ships (`controller.config.Signals`) and 
 real Prometheus gives at the edges (empty vectors, several series, NaN, staleness, `bad_data`)
 are exactly what a fake would get wrong. Prometheus starts in well under a second; the slow
 part is backfilling, so blocks are built once with `promtool` and cached on disk, keyed by a
-hash of the trace files, this module's source and promtool's version.
+hash of the trace files, the trace reader's and this module's source and promtool's version.
 
 What is real and what is modelled
 - Load is real: `vllm:request_success_total`, `vllm:prompt_tokens_total` and
@@ -50,6 +50,7 @@ import pytest
 import yaml
 from scipy.special import ndtr
 
+import forecaster.trace
 from forecaster.trace import TraceSeries, read_trace
 from tests.support import SHARED_DATA
 from tests.support.net import free_port
@@ -295,9 +296,14 @@ def _cache_root() -> Path:
 
 
 def blocks_key(data_dir: Path = DATA_DIR) -> str:
-    """Hash of everything the blocks depend on: traces, this module, promtool's version."""
+    """Hash of everything the blocks depend on: traces, the trace reader, this module, promtool.
+
+    The reader decides which windows become samples and which are gaps (ServeGen's 0-client
+    windows are NaN), so a change to it changes the blocks as surely as a change to the traces.
+    """
     h = hashlib.sha256(f"v{FORMAT_VERSION} end={END_TIME}".encode())
     h.update(Path(__file__).read_bytes())
+    h.update(Path(forecaster.trace.__file__).read_bytes())
     for name in TRACE_FILES:
         h.update(name.encode())
         h.update((data_dir / name).read_bytes())
