@@ -202,6 +202,18 @@ class LeaderElector:
             return False
         return self._take(lease, record)
 
+    def run_once(self) -> bool:
+        """One round exactly as the background thread runs it: acquire or renew, then update
+        leadership (callbacks included); True when we hold the Lease afterwards.
+
+        For driving an elector step by step on an injected clock (tests) instead of
+        starting its thread and sleeping.
+        """
+        attempted_at = self._clock()
+        acquired = self.try_acquire_or_renew()
+        self._settle(acquired, attempted_at)
+        return acquired
+
     # ------------------------------------------------------------------ election
 
     def _observe(self, record: _Record) -> _Record:
@@ -293,9 +305,7 @@ class LeaderElector:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                attempted_at = self._clock()
-                acquired = self.try_acquire_or_renew()
-                self._settle(acquired, attempted_at)
+                acquired = self.run_once()
                 pause = self.retry_period
                 if not acquired:
                     pause *= self._random.uniform(1.0, JITTER)

@@ -1,7 +1,9 @@
-"""Leader election between real `LeaderElector` threads over the API emulator's Leases.
+"""Leader election between `LeaderElector`s over the API emulator's Leases.
 
-Durations are short (lease 2 s, renew deadline 1 s, retry 0.2 s) so takeovers happen in
-about a second; the tests poll for the outcome with a deadline instead of sleeping fixed times.
+Most tests drive the electors round by round (`run_once`) on an injected `FakeClock`, so
+expiry and renew deadlines are exact and nothing sleeps. The tests about the background
+thread itself (stop releases, slow requests, renew cadence) run real threads with short
+durations (lease 2 s, renew deadline 1 s, retry 0.2 s) and poll with a deadline.
 """
 
 from __future__ import annotations
@@ -29,6 +31,19 @@ LEASE_S, RENEW_S, RETRY_S = 2.0, 1.0, 0.2
 LEASE_RULE = rule("get,create,update", "coordination.k8s.io", "leases", [NS])
 
 
+class FakeClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float) -> float:
     """Poll `predicate` until true; return the seconds it took, or fail after `timeout`."""
     started = time.monotonic()
@@ -51,6 +66,10 @@ class Contenders:
     def _note(self, who: str, what: str) -> None:
         with self._lock:
             self.log.append((who, what))
+
+    def driven(self, identity: str, clock: FakeClock, **kw: object) -> LeaderElector:
+        """An elector not started: the test calls `run_once` on the fake clock."""
+        return self.new(identity, start=False, clock=clock, **kw)
 
     def new(self, identity: str, start: bool = True, **kw: object) -> LeaderElector:
         token = self.api.add_token(f"token-{identity}", [LEASE_RULE])
@@ -85,21 +104,22 @@ def contenders(k8s_api: K8sEmulator) -> Iterator[Contenders]:  # noqa: F811
 
 def test_exactly_one_of_two_contenders_leads(contenders: Contenders,
                                              k8s_api: K8sEmulator) -> None:  # noqa: F811
-    a, b = contenders.new("pod-a"), contenders.new("pod-b")
-    wait_until(lambda: len(contenders.leaders()) == 1, timeout=3)
-    deadline = time.monotonic() + 1.5  # several renew rounds: never two leaders, never zero
-    while time.monotonic() < deadline:
+    clock = FakeClock()
+    a, b = contenders.driven("pod-a", clock), contenders.driven("pod-b", clock)
+    for _ in range(20):  # several lease durations of rounds: never two leaders, never zero
+        a.run_once()
+        b.run_once()
         assert len(contenders.leaders()) == 1
-        time.sleep(0.02)
-    (leader,) = contenders.leaders()
-    follower = b if leader == "pod-a" else a
+        clock.advance(RETRY_S)
+    assert contenders.leaders() == ["pod-a"]  # the first to create the Lease keeps it
     lease = k8s_api.lease(NS, LEASE)
     assert lease is not None
-    assert lease["spec"]["holderIdentity"] == leader
+    assert lease["spec"]["holderIdentity"] == "pod-a"
     assert lease["spec"]["leaseDurationSeconds"] == 2
-    assert follower.leader == leader and not follower.is_leader
-    assert (leader, "started") in contenders.log
-    assert (follower.identity, f"sees {leader}") in contenders.log
+    assert b.leader == "pod-a" and not b.is_leader
+    assert ("pod-a", "started") in contenders.log
+    assert ("pod-b", "sees pod-a") in contenders.log
+    assert ("pod-b", "started") not in contenders.log
 
 
 def test_leader_renews_keeping_acquire_time(contenders: Contenders,
@@ -133,31 +153,40 @@ def test_stopped_leader_releases_and_the_other_takes_over_quickly(
     assert lease["spec"]["leaseTransitions"] >= 1
 
 
-def test_crashed_leader_is_replaced_after_the_lease_expires(contenders: Contenders) -> None:
-    a = contenders.new("pod-a", release_on_stop=False)
-    wait_until(lambda: a.is_leader, timeout=3)
-    b = contenders.new("pod-b")
-    wait_until(lambda: b.leader == "pod-a", timeout=2)
-    a.stop()  # like a crash: the Lease still names pod-a
-    took = wait_until(lambda: b.is_leader, timeout=LEASE_S + 1.0)
-    assert took > RETRY_S * 2  # it did wait for expiry rather than grab a live lease
+def test_crashed_leader_is_replaced_exactly_when_the_lease_expires(
+        contenders: Contenders) -> None:
+    clock = FakeClock()
+    a = contenders.driven("pod-a", clock, release_on_stop=False)
+    b = contenders.driven("pod-b", clock)
+    assert a.run_once()
+    assert not b.run_once() and b.leader == "pod-a"  # b saw the record change now
+    # pod-a crashes: it renews no more and the Lease still names it.
+    clock.advance(LEASE_S - 0.01)
+    assert not b.run_once()  # a live lease is respected until its full duration
+    clock.advance(0.01)
+    assert b.run_once() and b.is_leader
     assert contenders.leaders() == ["pod-b"]
 
 
 def test_leader_that_cannot_renew_steps_down_before_the_lease_expires(
     contenders: Contenders, k8s_api: K8sEmulator  # noqa: F811
 ) -> None:
-    a = contenders.new("pod-a")
-    wait_until(lambda: a.is_leader, timeout=3)
-    b = contenders.new("pod-b")
-    wait_until(lambda: b.leader == "pod-a", timeout=2)
+    clock = FakeClock()
+    a, b = contenders.driven("pod-a", clock), contenders.driven("pod-b", clock)
+    assert a.run_once()
+    assert not b.run_once()
     k8s_api.add_token("token-pod-a", [])  # pod-a loses its RBAC: every renew is a 403
-    lost_after = wait_until(lambda: not a.is_leader, timeout=RENEW_S + 1.0)
-    assert lost_after <= RENEW_S + 0.5
-    assert not b.is_leader or not a.is_leader
-    wait_until(lambda: b.is_leader, timeout=LEASE_S + 1.0)
-    assert contenders.leaders() == ["pod-b"]
+    clock.advance(RETRY_S)
+    assert not a.run_once()
+    assert a.is_leader  # still within its renew deadline
+    clock.advance(RENEW_S - RETRY_S)
+    assert not a.is_leader  # the deadline passed: it stops before anyone may take over
+    assert not a.run_once()
     assert ("pod-a", "stopped") in contenders.log
+    assert not b.run_once()  # the lease (2 s) has not expired yet
+    clock.advance(LEASE_S - RENEW_S)
+    assert b.run_once()
+    assert contenders.leaders() == ["pod-b"]
 
 
 def test_api_outage_demotes_the_leader_and_it_recovers_after(
@@ -183,10 +212,13 @@ def test_slow_api_cannot_keep_a_stale_leader(contenders: Contenders,
 
 def test_followers_do_not_touch_a_held_lease(contenders: Contenders,
                                              k8s_api: K8sEmulator) -> None:  # noqa: F811
-    a = contenders.new("pod-a")
-    wait_until(lambda: a.is_leader, timeout=3)
-    contenders.new("pod-b")
-    time.sleep(0.6)
+    clock = FakeClock()
+    a, b = contenders.driven("pod-a", clock), contenders.driven("pod-b", clock)
+    assert a.run_once()
+    for _ in range(8):  # rounds within the lease, the leader renewing
+        assert not b.run_once()
+        clock.advance(RETRY_S)
+        assert a.run_once()
     writes = [r for r in k8s_api.requests_log
               if r.method in ("PUT", "POST") and r.user and r.user.endswith("token-pod-b")]
     assert writes == []
@@ -217,12 +249,14 @@ def test_callback_errors_do_not_stop_the_election(k8s_api: K8sEmulator) -> None:
     def boom() -> None:
         raise RuntimeError("callback bug")
 
+    clock = FakeClock()
     elector = LeaderElector(k8s_api.api_client(), NS, LEASE, "pod-a", LEASE_S, RENEW_S,
-                            RETRY_S, on_started_leading=boom)
-    with elector:
-        wait_until(lambda: elector.is_leader, timeout=3)
-        time.sleep(RENEW_S + 0.2)
-        assert elector.is_leader  # still renewing
+                            RETRY_S, on_started_leading=boom, clock=clock)
+    assert elector.run_once()
+    for _ in range(int((RENEW_S + 0.2) / RETRY_S) + 1):
+        clock.advance(RETRY_S)
+        assert elector.run_once()
+        assert elector.is_leader  # still renewing past the first renew deadline
 
 
 @pytest.mark.parametrize(("lease", "renew", "retry"), [(1.0, 1.0, 0.2), (2.0, 1.0, 0.9),
@@ -242,11 +276,15 @@ def test_the_rbac_shipped_in_deploy_is_enough_to_elect(k8s_api: K8sEmulator) -> 
     documents = [d for d in yaml.safe_load_all(manifest.read_text()) if d]
     token = k8s_api.add_token("deploy-rbac",
                               rules_from_manifests(documents, "forescale", "forescale"))
-    with LeaderElector(k8s_api.api_client(token), "forescale", "forescale-leader", "pod-a",
-                       LEASE_S, RENEW_S, RETRY_S) as elector:
-        wait_until(lambda: elector.is_leader, timeout=3)
-        time.sleep(RETRY_S * 3)  # a few renews (get + update on the named Lease)
-        assert elector.is_leader
+    clock = FakeClock()
+    elector = LeaderElector(k8s_api.api_client(token), "forescale", "forescale-leader",
+                            "pod-a", LEASE_S, RENEW_S, RETRY_S, clock=clock)
+    for _ in range(4):  # create, then a few renews (get + update on the named Lease)
+        assert elector.run_once()
+        clock.advance(RETRY_S)
+    assert elector.is_leader
+    elector.start()  # the thread renews, and stop() releases (update)
+    elector.stop()
     lease = k8s_api.lease("forescale", "forescale-leader")
     assert lease is not None and "holderIdentity" not in lease["spec"]  # released
     denied = [r for r in k8s_api.requests_log if r.status == 403]
