@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import threading
 import time
@@ -83,16 +84,29 @@ def test_history_reads_back_trace_rates_over_14_days_in_windows(
     src = make_source(prometheus_backfilled.url, *(variant(n) for n in SERVEGEN_14D),
                       on_outcome=lambda *a: calls.append(a))
     start = END_TIME - 14 * DAY
+    expected_calls: list[tuple[str, str, str]] = []
     for name in SERVEGEN_14D:
         hist = src.history(name, start, END_TIME, 60)  # 20,160 points: two query windows
         samples = prometheus_backfilled.series[name]
         assert (hist.variant, hist.start, hist.step_s, len(hist)) == (name, start, 60, 14 * 1440)
         # values[i] is rate(...[2m]) at the end of step i: the mean of the two minutes around
         # it; i = 0 is the counter's first sample, where Prometheus can only extrapolate.
-        expected = (samples.rate[1:-1] + samples.rate[2:]) / 2
-        np.testing.assert_allclose(hist.values[1:], expected, rtol=1e-6)
-        assert src.outcomes[(name, "requests", "ok")] == 1
-    assert calls == [(n, "requests", "ok") for n in SERVEGEN_14D]
+        # ServeGen's 0-request windows are gaps (no samples). At the first step of a gap the
+        # window still holds the two samples before it, so Prometheus extrapolates the earlier
+        # minute; one step later it holds one sample and answers nothing (NaN). After a gap the
+        # first window has one sample (NaN), the next two, whose minute is the whole rate: it
+        # equals the mean because gaps are whole 10-minute windows (both minutes share a rate).
+        earlier, later = samples.rate[1:-1], samples.rate[2:]
+        expected = np.where(np.isnan(later), earlier, (earlier + later) / 2)
+        np.testing.assert_allclose(hist.values[1:], expected, rtol=1e-6)  # NaN where expected
+        # the gaps are really read back as gaps, and counted as such: servegen-m-mid and
+        # -small have some, -large none
+        outcome = "ok" if samples.present.all() else "gaps"
+        assert np.isnan(hist.values).any() == (outcome == "gaps")
+        assert src.outcomes[(name, "requests", outcome)] == 1
+        expected_calls.append((name, "requests", outcome))
+    assert [o for _, _, o in expected_calls] == ["ok", "gaps", "gaps"]
+    assert calls == expected_calls
 
 
 def test_history_at_trace_resolution_equals_the_trace_exactly(
@@ -227,7 +241,9 @@ def test_nan_and_inf_samples_are_not_observed(prometheus_backfilled: BackfilledP
 
 def test_bad_promql_is_permanent(prometheus_backfilled: BackfilledPrometheus,
                                  make_source: MakeSource) -> None:
-    v = variant("broken", requests="sum(rate(vllm:request_success_total{$selector}[2m])")
+    # balanced (the config refuses unbalanced PromQL itself) but invalid: "2x" is no duration,
+    # so only the server can tell, and it answers bad_data
+    v = variant("broken", requests="sum(rate(vllm:request_success_total{$selector}[2x]))")
     src = make_source(prometheus_backfilled.url, v)
     with pytest.raises(PermanentError, match="bad_data") as err:
         src.history("broken", END_TIME - 3600, END_TIME, 60)
@@ -368,10 +384,16 @@ def test_basic_auth_password_from_env_is_sent(make_source: MakeSource,
         assert rec.headers[0]["Authorization"] == "Basic " + base64.b64encode(b"fs:pw").decode()
 
 
-def test_missing_secret_is_refused_at_start(make_source: MakeSource, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"bearer token file .*missing") as err:
-        make_source("http://127.0.0.1:1", variant("a"), bearer_token_file=tmp_path / "missing")
-    assert "Bearer" not in str(err.value)
+def test_missing_secret_is_refused_at_start(tmp_path: Path) -> None:
+    # the config refuses a missing file at load; here it goes missing between load and start
+    token = tmp_path / "token"
+    token.write_text("s3cret\n", encoding="utf-8")
+    config = PrometheusConfig(url="http://127.0.0.1:1", bearer_token_file=token)
+    token.unlink()
+    with pytest.raises(ConfigError, match=rf"^prometheus: cannot read the bearer token file "
+                                          rf"{re.escape(str(token))}: No such file") as err:
+        PrometheusSource(config, [variant("a")]).close()
+    assert "Bearer" not in str(err.value) and "s3cret" not in str(err.value)
 
 
 def test_credentials_in_the_url_are_not_shown(make_source: MakeSource) -> None:
