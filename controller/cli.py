@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -178,52 +179,145 @@ def backtest(
         _print_table(render_table(result))
 
 
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+
+def _duration_s(text: str, field: str) -> float:
+    """'14d', '36h', '90m' or seconds; a clear error naming the option otherwise."""
+    t = text.strip().lower()
+    try:
+        value = float(t[:-1]) * _DURATION[t[-1]] if t and t[-1] in _DURATION else float(t)
+    except ValueError:
+        raise _fail(f"{field}: expected a duration like 14d, 36h or 3600, got {text!r}") \
+            from None
+    if not 0 < value <= 90 * 86_400:
+        raise _fail(f"{field}: must be between 1 s and 90 days, got {text!r}")
+    return value
+
+
 @app.command()
 def replay(
-    data: Annotated[Path, typer.Option("--data", help="Trace file (CSV or CSV.gz)")],
-    series: Annotated[str, typer.Option("--series", help="Series to replay")],
-    profile: Annotated[Path | None, typer.Option(help="VariantProfile YAML")] = None,
-    cold_start: Annotated[float | None, typer.Option("--cold-start", min=0,
-                                                     help="Cold start, seconds")] = None,
-    slo_target: Annotated[float, typer.Option("--slo-target", min=0.5, max=0.9999,
-                                              help="SLO attainment target")] = 0.99,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Trace file (CSV or CSV.gz); or --prometheus")] = None,
+    series: Annotated[list[str] | None, typer.Option(
+        "--series", help="Series to replay (repeat for several); with --config, its variants "
+                         "(each named after a series)")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="The YAML `forescale serve` takes: every variant, group, quota, "
+                         "behaviour and schedule of it is replayed")] = None,
+    prometheus: Annotated[str | None, typer.Option(
+        "--prometheus", help="Read each variant's history from this Prometheus (with --config) "
+                             "instead of a trace file")] = None,
+    since: Annotated[str, typer.Option(
+        "--since", help="With --prometheus: how much history to replay (e.g. 14d)")] = "14d",
+    until: Annotated[float | None, typer.Option(
+        "--until", help="With --prometheus: end of the history, epoch seconds (default: "
+                        "now)")] = None,
+    profile: Annotated[Path | None, typer.Option(help="VariantProfile YAML (without "
+                                                      "--config)")] = None,
+    cold_start: Annotated[float | None, typer.Option(
+        "--cold-start", help="Cold start override, seconds (0-3600)")] = None,
+    slo_target: Annotated[float, typer.Option(
+        "--slo-target", min=0.5, max=0.9999, help="SLO attainment target (without "
+                                                  "--config)")] = 0.99,
     policies: Annotated[str, typer.Option(help="Comma-separated policies")] =
-        "reactive,predictive,oracle",
-    iso_slo: Annotated[bool, typer.Option("--iso-slo", help="Sweep the reactive target to "
-                                          "match predictive's SLO")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout")] = False,
-    plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG here")] = None,
+        "forescale,hpa-seed,hpa-default,keda-queue,oracle",
+    iso_slo: Annotated[bool, typer.Option(
+        "--iso-slo", help="Sweep each reactive peer's target to forescale's SLO")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout")] = False,
+    plot_out: Annotated[Path | None, typer.Option(
+        "--plot", help="Write a PNG of the first variant here")] = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Write a PNG per variant, summary.md and decisions.jsonl into this "
+                         "folder (created; its parent must exist)")] = None,
     seed: Annotated[int, typer.Option(help="Arrival randomness seed")] = 0,
+    warmup: Annotated[str, typer.Option(
+        "--warmup", help="Simulated but not scored, e.g. 1d (default 0)")] = "0",
 ) -> None:
-    """What forescale would have done on a trace, against a reactive HPA and an oracle."""
+    """What `forescale serve` would have done on a trace or on Prometheus history, against
+    the HPA (seed and default behaviour), a KEDA-style queue scaler and an oracle."""
     from rich.progress import Progress
 
-    from controller.replay import POLICIES, ReplayError, plot, render_table, run_replay
+    from controller.replay import (
+        POLICIES,
+        ReplayError,
+        check_output,
+        plot,
+        run_replay,
+        write_report,
+    )
     from forecaster.trace import TraceError
 
-    chosen = [p.strip() for p in policies.split(",") if p.strip()]
-    unknown = [p for p in chosen if p not in POLICIES]
-    if unknown or not chosen:
-        raise _fail(f"--policies: unknown {unknown or policies!r}; allowed: "
-                    f"{', '.join(POLICIES)}")
+    chosen = _replay_args(policies, POLICIES, data, prometheus, config, series, profile)
+    warmup_s = 0.0 if warmup.strip() in ("0", "") else _duration_s(warmup, "--warmup")
+    cfg = None
     try:
+        check_output(plot_out, "--plot")
+        check_output(report, "--report")
+        if config is not None:
+            cfg = load_config(config)
         with Progress(console=err, transient=True) as bar:
             task = bar.add_task("replay", total=None)
-            result = run_replay(data, series, profile, cold_start, slo_target, chosen, iso_slo,
-                                progress=lambda msg: bar.update(task, description=msg),
-                                seed=seed)
-    except (TraceError, ReplayError) as exc:
+
+            def progress(msg: str) -> None:
+                bar.update(task, description=msg)
+
+            if prometheus is not None:
+                assert cfg is not None
+                from controller.replay.prom import run_prometheus_replay
+
+                results = run_prometheus_replay(
+                    cfg, prometheus, _duration_s(since, "--since"), policies=chosen,
+                    iso_slo=iso_slo, progress=progress, seed=seed, cold_start_s=cold_start,
+                    warmup_s=warmup_s, now=until)
+            else:
+                assert data is not None
+                results = run_replay(data, series or (), config=cfg, profile_path=profile,
+                                     cold_start_s=cold_start, slo_target=slo_target,
+                                     policies=chosen, iso_slo=iso_slo, progress=progress,
+                                     seed=seed, warmup_s=warmup_s)
+    except (TraceError, ReplayError, ConfigError) as exc:
         raise _fail(str(exc)) from None
-    if plot_out is not None:
-        plot(result, plot_out)
+    if plot_out is not None and results:
+        plot(results[0], plot_out)
         err.print(f"plot written to {plot_out}")
+    if report is not None:
+        write_report(results, report)
+        err.print(f"report written to {report}/summary.md")
+    _show_replay(results, as_json)
+
+
+def _replay_args(policies: str, known: Sequence[str], data: Path | None,
+                 prometheus: str | None, config: Path | None, series: list[str] | None,
+                 profile: Path | None) -> list[str]:
+    """The replay's policies, once its options are known to fit together."""
+    chosen = [p.strip() for p in policies.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in known]
+    if unknown or not chosen:
+        raise _fail(f"--policies: unknown {unknown or policies!r}; allowed: {', '.join(known)}")
+    if (data is None) == (prometheus is None):
+        raise _fail("give exactly one of --data (a trace file) and --prometheus (a URL)")
+    if prometheus is not None and config is None:
+        raise _fail("--prometheus needs --config (the variants and their PromQL)")
+    if config is not None and (series or profile is not None):
+        raise _fail("--config names the variants and their profiles: drop --series/--profile")
+    if config is None and not series:
+        raise _fail("--series: name the series to replay (or give --config)")
+    return chosen
+
+
+def _show_replay(results: Sequence[Any], as_json: bool) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(result.to_json()) + "\n")
-    else:
+        doc = results[0].to_json() if len(results) == 1 else \
+            {"variants": [r.to_json() for r in results]}
+        sys.stdout.write(json.dumps(doc) + "\n")
+        return
+    from controller.replay import render_table
+
+    for result in results:
         _print_table(render_table(result))
-        # How each policy ran (the predictive quantile, models, forecast and overload
-        # decisions) and how much the load jumps: what a reader needs to trust or question
-        # the figures above.
+        # How each policy ran (forescale's quantiles, models, states) and how much the load
+        # jumps: what a reader needs to trust or question the figures above.
         for note in result.notes:
             out.print(note, markup=False, highlight=False)
 
