@@ -127,6 +127,7 @@ def png_under_load(url: str, svc: Service, requests: int, clients: int,
     if new_every_s:
         threads.append(threading.Thread(target=advance_clock, args=(svc, new_every_s, stop),
                                         daemon=True))
+    rss_before = rss_mb()
     for t in threads:
         t.start()
     lat, _, others = hammer(url, requests, clients,
@@ -136,7 +137,7 @@ def png_under_load(url: str, svc: Service, requests: int, clients: int,
         t.join(timeout=60)
     title = (f"/forecast.png under {clients} clients ({requests} requests, 3 variants"
              + (f", a new forecast step every {new_every_s:g} s" if new_every_s else "")
-             + ") with /healthz probed every 50 ms")
+             + f") with /healthz probed every 50 ms; RSS {rss_before:.0f} -> {rss_mb():.0f} MB")
     table = Table(title=title)
     for col in ("what", "p50 ms", "p95 ms", "p99 ms", "count", "non-200"):
         table.add_column(col, justify="right" if col != "what" else "left")

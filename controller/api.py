@@ -44,6 +44,9 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+# Imported here, not at the first picture: importing matplotlib holds the GIL for about a
+# second, which stalled the event loop (and /healthz) under the first burst of requests.
+from controller.plots import forecast_png
 from controller.protocols import PermanentError, TemporaryError
 from controller.service import Service
 
@@ -522,8 +525,6 @@ class PngRenderer:
                 None if last is None else last.ts)
 
     def _draw(self, name: str) -> bytes:
-        from controller.plots import forecast_png
-
         return forecast_png(self.service, name)
 
     async def get(self, name: str) -> bytes:
