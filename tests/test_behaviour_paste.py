@@ -23,6 +23,7 @@ import yaml
 from controller.actuators import DryRunTarget
 from controller.config import Config, parse_config
 from controller.service import Service
+from models.behaviour import Reason as HPAReasonT
 from models.behaviour import ReasonCode as HPAReason
 from models.behaviour import parse_hpa_behavior
 from models.decide import (
@@ -119,15 +120,15 @@ def recommendations(seed: int, ticks: int = 300) -> list[int]:
     return out
 
 
-def hpa_changed_codes(decision_reasons: tuple[object, ...], proposal: int, stabilised: int,
-                      replicas: int) -> set[str]:
+def hpa_changed_codes(decision_reasons: tuple[HPAReasonT, ...], proposal: int,
+                      stabilised: int, replicas: int) -> set[str]:
     """The HPA's reasons for the steps that changed the number, as forescale's trail keeps them."""
     stab, limit = decision_reasons
     codes = set()
     if stabilised != proposal:
-        codes.add(str(stab.code))  # type: ignore[attr-defined]
+        codes.add(str(stab.code))
     if replicas != stabilised:
-        codes.add(str(limit.code))  # type: ignore[attr-defined]
+        codes.add(str(limit.code))
     return codes
 
 
@@ -226,10 +227,6 @@ def _drive_both(start: int, recs: list[int]) -> tuple[list[int], list[int]]:
     return hpa_out, fs_out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "models.decide.normalise runs the behaviour pipeline on a fleet outside [min, max], where "
-    "the HPA (reconcileAutoscaler, models.hpa.hpa_step) first sets the bound and stores no "
-    "recommendation; see the h7 report for the change to models/decide.py"))
 def test_a_fleet_scaled_outside_the_bounds_is_brought_to_them_first_as_the_hpa_does() -> None:
     above = [MAX_REPLICAS + 10] * 4 + [MAX_REPLICAS - 5] * 12
     hpa, fs = _drive_both(MAX_REPLICAS + 10, above)
