@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
+from controller.config import Behaviour
 from forecaster.trace import TraceSeries
 from tests.conftest import REPO, free_port
 from tests.support.k8s_emulator import K8sEmulator, rules_from_manifests
@@ -99,7 +100,8 @@ def test_deployment_is_scaled_before_the_burst_arrives(stack: dict[str, object])
     proc: subprocess.Popen[bytes] = stack["proc"]  # type: ignore[assignment]
     log_path: Path = stack["log"]  # type: ignore[assignment]
     burst_at = float(stack["end"]) + BURST_IN_S  # type: ignore[arg-type]
-    need = math.ceil(BURST / (CAPACITY * 0.85))
+    # the burst at the default utilisation target (0.9: 120 / 9 -> 14 replicas)
+    need = math.ceil(BURST / (CAPACITY * Behaviour().target_utilisation))
     deadline = time.monotonic() + 120
     replicas = 2
     while time.monotonic() < deadline and time.time() < burst_at:

@@ -154,7 +154,9 @@ def test_prometheus_down_holds_replicas_then_recovers(
                   kind="live-signals") == 1
     assert sample(svc, "forescale_reconcile_errors_total", variant=VARIANT,
                   kind="forecast") == 1
-    retrain = svc.retrain()  # history unreadable: the last good model stays
+    # named, so the model just selected is selected again (the scheduled pass would skip it
+    # until schedules.reselect_interval_s): history unreadable, the last good model stays
+    retrain = svc.retrain([VARIANT])
     assert retrain.models == {} and svc.variants[VARIANT].model is not None
     assert sample(svc, "forescale_training_failures_total", variant=VARIANT) == 1
     invariants(k8s, rec)
