@@ -34,12 +34,14 @@ def _unset_fields(model: type[BaseModel], nodes: list[Any], path: str, text: str
     """Fields of `model` (recursively) that no node of the example sets.
 
     A nullable sub-model left null (e.g. `basic_auth: null`) counts as documented when each of
-    its fields is named in the file's comments.
+    its fields is named in the file's comments. A field with an alias (the HPA's camelCase
+    `scaleUp`, `stabilizationWindowSeconds`) is set under either spelling, as the loader takes.
     """
     dicts = [n for n in nodes if isinstance(n, dict)]
     missing: list[str] = []
     for name, field in model.model_fields.items():
-        values = [d[name] for d in dicts if name in d]
+        keys = {name} if field.alias is None else {name, field.alias}
+        values = [d[k] for d in dicts for k in keys if k in d]
         if not values:
             missing.append(f"{path}.{name}")
             continue
@@ -48,8 +50,9 @@ def _unset_fields(model: type[BaseModel], nodes: list[Any], path: str, text: str
             children += v if isinstance(v, list | tuple) else [v]
         for sub in _submodels(field.annotation):
             if all(c is None for c in children):
-                missing += [f"{path}.{name}.{f} (not in comments)" for f in sub.model_fields
-                            if f not in text]
+                missing += [f"{path}.{name}.{f} (not in comments)"
+                            for f, info in sub.model_fields.items()
+                            if f not in text and (info.alias is None or info.alias not in text)]
             else:
                 missing += _unset_fields(sub, children, f"{path}.{name}", text)
     return missing
