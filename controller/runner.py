@@ -145,14 +145,8 @@ class Runtime:
 
     def _save_state(self) -> None:
         """Save the state as a reconcile would, while still leader (before the release)."""
-        svc = self.service
-        if svc.state_store is None or not svc.is_leader():
-            return
-        try:
-            svc.state_store.save(svc.snapshot())
-            log.info("shutdown: state saved")
-        except Exception as exc:
-            log.error("shutdown: cannot save state: %s", exc)
+        self.service.persist()
+        log.info("shutdown: state saved (if leader and a store is configured)")
 
 
 def _guarded(name: str, fn: Callable[[], Any], budget_s: float,

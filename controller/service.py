@@ -239,7 +239,9 @@ class Service:
             }
         return {"variants": out}
 
-    def _persist(self) -> None:
+    def persist(self) -> None:
+        """Save the state (stabilisation windows, quantiles, recent decisions) if leader; a
+        failure is logged and counted, never raised (shutdown calls it too)."""
         if self.state_store is None or not self.is_leader():
             return
         try:
@@ -367,7 +369,7 @@ class Service:
         t0 = time.perf_counter()
         records = [self._reconcile_safely(name) for name in self.variants]
         self._plan_groups()
-        self._persist()
+        self.persist()
         self.metrics.reconcile_duration.observe(time.perf_counter() - t0)
         self.metrics.is_leader.set(1 if self.is_leader() else 0)
         return records

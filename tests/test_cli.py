@@ -50,17 +50,16 @@ def test_serve_refuses_a_bad_config_before_starting(tmp_path: Path) -> None:
     assert "variants" in result.output
 
 
-def test_replay_text_output_explains_how_the_predictive_policy_ran(tmp_path: Path) -> None:
-    """Too short to forecast: the replay says the HPA fallback ran throughout, rather than
-    showing predictive figures a reader would take for forecasts."""
+def test_replay_text_output_says_when_forescale_never_forecast(tmp_path: Path) -> None:
+    """Shorter than one retrain interval: the replay says forescale only held and caught
+    overload, rather than showing figures a reader would take for forecasts."""
     p = tmp_path / "short.csv"
     p.write_text("timestamp_s,series,requests\n"
-                 + "".join(f"{600 * k},s,{1000 + 10 * k}\n" for k in range(20)))
+                 + "".join(f"{600 * k},s,{1000 + 10 * k}\n" for k in range(6)))
     result = runner.invoke(app, ["replay", "--data", str(p), "--series", "s"])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert "predictive: never forecast: it needs 36 completed windows of 600 s and the trace " \
-           "has 20, so the reactive fallback (the HPA) ran throughout" in text
+    assert "forescale: never forecast: no model was trained before the trace ended" in text
     assert "Traceback" not in result.output
 
 

@@ -443,7 +443,11 @@ def _service_note(run: ServiceRun, variant: str) -> str:
     for r in run.records:
         if r.variant == variant:
             states[r.state] = states.get(r.state, 0) + 1
-    return (f"quantile {min(trail):.3f}..{max(trail):.3f}, median "
+    never = "" if set(states) - {"warming-up"} else (
+        "never forecast: no model was trained before the trace ended (a model needs more "
+        "history than the trace had by its retrains), so forescale held its replicas and "
+        "raised them on overload only; ")
+    return never + (f"quantile {min(trail):.3f}..{max(trail):.3f}, median "
             f"{float(np.median(trail)):.3f} ({pol.headroom.calibrated} of "
             f"{len(pol.headroom.trail)} hourly choices calibrated); models "
             f"{', '.join(models) or 'none'}; {run.retrains} retrains; decisions by state "
