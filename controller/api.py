@@ -415,7 +415,7 @@ def _variant_out(service: Service, name: str) -> VariantOut:
     v = rt.config
     last = rt.last
     return VariantOut(
-        name=name, deployment=f"{v.deployment.namespace}/{v.deployment.name}", state=rt.state,
+        name=name, deployment=f"{v.target.namespace}/{v.target.name}", state=rt.state,
         model=rt.model.model_name if rt.model else None,
         current_replicas=last.current if last else None,
         desired_replicas=last.desired if last else None,

@@ -250,6 +250,19 @@ class DeploymentRef(_Strict):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
 
 
+class ScaleTargetRefConfig(_Strict):
+    """Any workload with a scale subresource, named as an HPA's `scaleTargetRef` names it
+    (StatefulSet, LeaderWorkerSet, an operator's scaling adapter), plus its namespace."""
+
+    namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    api_version: str = Field(default="apps/v1",
+                             pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?v[0-9]+"
+                                     r"((alpha|beta)[0-9]+)?$",
+                             description="group/version, e.g. leaderworkerset.x-k8s.io/v1")
+    kind: str = Field(pattern=r"^[A-Z][A-Za-z0-9]*$", max_length=63)
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
+
+
 class Signals(_Strict):
     """PromQL per signal. `$selector` is replaced by the variant's label matchers, so a query
     can add its own: `vllm:num_requests_waiting{$selector, job="vllm"}`.
@@ -316,7 +329,10 @@ class Behaviour(HPABehaviorSpec):
 
 class VariantConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$", max_length=63)
-    deployment: DeploymentRef
+    deployment: DeploymentRef | None = Field(
+        default=None, description="An apps/v1 Deployment to scale (or scale_target_ref)")
+    scale_target_ref: ScaleTargetRefConfig | None = Field(
+        default=None, description="Any workload with a scale subresource (or deployment)")
     selector: str = Field(default="", description="PromQL label matchers for this variant; "
                           "default: model_name=\"<name>\"")
     signals: Signals = Signals()
@@ -336,10 +352,22 @@ class VariantConfig(_Strict):
 
     @model_validator(mode="after")
     def _bounds(self) -> VariantConfig:
+        if (self.deployment is None) == (self.scale_target_ref is None):
+            raise ValueError("give exactly one of deployment (an apps/v1 Deployment) and "
+                             "scale_target_ref (any workload with a scale subresource)")
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) must not exceed max_replicas "
                              f"({self.max_replicas})")
         return self
+
+    @property
+    def target(self) -> ScaleTargetRefConfig:
+        """What this variant scales (a `deployment` is an apps/v1 Deployment)."""
+        if self.scale_target_ref is not None:
+            return self.scale_target_ref
+        assert self.deployment is not None  # the validator guarantees one of them
+        return ScaleTargetRefConfig(namespace=self.deployment.namespace, kind="Deployment",
+                                    name=self.deployment.name)
 
     @property
     def label_selector(self) -> str:

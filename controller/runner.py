@@ -299,11 +299,12 @@ def build_production(config: Config, metrics: ForescaleMetrics | None = None,
     modes = {v.name: config.mode_of(v) for v in config.variants}
     if ActuationMode.SCALE in modes.values() or config.leader_election.enabled \
             or config.state.backend == "configmap":
-        from controller.k8s import KubernetesScaleTarget, make_api_client
+        from controller.k8s import KubernetesScaleTarget, ScaleTargetRef, make_api_client
 
         api_client = make_api_client(None, None)
         kube = KubernetesScaleTarget(api_client, {
-            v.name: (v.deployment.namespace, v.deployment.name) for v in config.variants})
+            v.name: ScaleTargetRef(v.target.namespace, v.target.api_version, v.target.kind,
+                                   v.target.name) for v in config.variants})
     dry = DryRunTarget({v.name: max(v.min_replicas, 1) for v in config.variants})
     for v in config.variants:
         mode = modes[v.name]

@@ -171,8 +171,8 @@ class Service:
         A change to what models depend on (the fingerprint) drops the models at once, so no
         forecast ever comes from a model trained under another config.
         """
-        old = {(v.name, v.deployment.namespace, v.deployment.name) for v in self.config.variants}
-        now = {(v.name, v.deployment.namespace, v.deployment.name) for v in new.variants}
+        old = {(v.name, v.target) for v in self.config.variants}
+        now = {(v.name, v.target) for v in new.variants}
         if old != now:
             raise ConfigError(f"variants or their deployments changed ({sorted(old ^ now)}): "
                               "restart forescale to apply; keeping the running config")

@@ -281,3 +281,34 @@ def test_read_yaml_file_names_what_it_reads(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"profile\.yaml: not UTF-8 text: byte 0xff at byte "
                                           r"offset 0 cannot be decoded; the profile must be"):
         read_yaml_file(p, "profile")
+
+
+def test_a_variant_scales_any_workload_named_as_an_hpa_scale_target_ref() -> None:
+    raw = with_variant(scale_target_ref={
+        "namespace": "llm", "api_version": "leaderworkerset.x-k8s.io/v1",
+        "kind": "LeaderWorkerSet", "name": "llama-70b"})
+    del raw["variants"][0]["deployment"]
+    v = parse_config(raw).variants[0]
+    assert (v.target.api_version, v.target.kind, v.target.name) == \
+        ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "llama-70b")
+    dep = parse_config(with_variant()).variants[0].target
+    assert (dep.api_version, dep.kind) == ("apps/v1", "Deployment")
+
+
+@pytest.mark.parametrize("change", ["both", "neither", "bad-kind"])
+def test_a_variant_names_exactly_one_valid_target(change: str) -> None:
+    raw = with_variant(scale_target_ref={"namespace": "llm", "kind": "StatefulSet",
+                                         "name": "s"})
+    if change == "neither":
+        del raw["variants"][0]["deployment"]
+        del raw["variants"][0]["scale_target_ref"]
+    elif change == "bad-kind":
+        del raw["variants"][0]["deployment"]
+        raw["variants"][0]["scale_target_ref"]["kind"] = "statefulset"
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    text = str(err.value)
+    if change == "bad-kind":
+        assert "scale_target_ref.kind" in text and "'statefulset'" in text
+    else:
+        assert "exactly one of deployment" in text
