@@ -213,7 +213,7 @@ def _fallback_reason(sel: Selection, baselines_too: bool) -> str:
     short = {n: sel.too_short[n] for n in failed if n in sel.too_short}
     what = "any candidate" if baselines_too else "any model"
     if failed and len(short) == len(failed):
-        name, (have, need) = min(short.items(), key=lambda kv: kv[1][1])
+        name, (have, need) = min(sorted(short.items()), key=lambda kv: kv[1][1])
         return f"not enough history for {what}: have {have}, need {need} ({name})"
     return "every candidate failed" if baselines_too else "every model candidate failed"
 
