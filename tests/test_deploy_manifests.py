@@ -216,7 +216,7 @@ def test_scaler_is_bound_per_target_namespace_never_cluster_wide() -> None:
     assert not [o for o in objs if o["kind"] == "ClusterRoleBinding"]
     bound = {o["metadata"]["namespace"] for o in objs if o["kind"] == "RoleBinding"
              and o["roleRef"]["name"] == "forescale-scaler"}
-    targets = {v.deployment.namespace for v in load_config(EXAMPLE).variants}
+    targets = {v.target.namespace for v in load_config(EXAMPLE).variants}
     assert bound == targets
     for o in objs:
         if o["kind"] == "RoleBinding":
@@ -322,8 +322,8 @@ def test_keda_scaled_object_targets_a_metric_mode_variant() -> None:
     meta = trigger["metadata"]
     variant = next(v for v in cfg.variants if f'variant="{v.name}"' in meta["query"])
     assert cfg.mode_of(variant) is ActuationMode.METRIC
-    assert spec["scaleTargetRef"]["name"] == variant.deployment.name
-    assert so["metadata"]["namespace"] == variant.deployment.namespace
+    assert spec["scaleTargetRef"]["name"] == variant.target.name
+    assert so["metadata"]["namespace"] == variant.target.namespace
     assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (
         variant.min_replicas, variant.max_replicas)
     assert "forescale_desired_replicas" in meta["query"]
