@@ -17,7 +17,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
 
 from controller.actuators import DryRunTarget
