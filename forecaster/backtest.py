@@ -242,28 +242,38 @@ def _fmt(v: Any, spec: str = ".3g") -> str:
 
 
 def render_table(result: dict[str, Any]) -> Any:
-    """The backtest result as a `rich.table.Table` (one row per series, then the summary)."""
+    """The backtest result as `rich` tables: absolute errors (requests/s) in one, ratios,
+    coverage and timings in the other, so no column mixes units with its neighbours."""
+    from rich.console import Group
     from rich.table import Table
 
-    table = Table(title="forescale backtest (ratio < 1 beats the best baseline)")
-    cols = ["series", "model", "MAE", "naive", "win.avg (k)", "seas.day", "seas.week", "ratio",
-            "p90 pinball", "baseline", "cov p90", "fit s", "predict ms"]
-    for c in cols:
-        table.add_column(c, justify="left" if c in ("series", "model") else "right")
+    absolute = Table(title="forescale backtest: mean absolute error and p90 pinball loss "
+                           "(requests/s; lower is better)")
+    for c in ("series", "model", "MAE", "naive", "win.avg (k)", "seas.day", "seas.week",
+              "p90 pinball", "baseline p90 pinball"):
+        absolute.add_column(c, justify="left" if c in ("series", "model") else "right")
+    ratios = Table(title="forescale backtest: ratios (< 1 beats the best baseline), p90 "
+                         "coverage, cost")
+    for c in ("series", "model", "MAE / best baseline", "p90 pinball / baseline", "cov p90",
+              "scored origins", "fit s", "predict ms"):
+        ratios.add_column(c, justify="left" if c in ("series", "model") else "right")
     for r in result["series"]:
         pred = r["predict_seconds"]
         win = _fmt(r["mae_window_average"])
         if r["window_average_k"] is not None:
             win += f" ({r['window_average_k']})"
-        table.add_row(r["name"], r["model"], _fmt(r["mae"]), _fmt(r["mae_naive"]), win,
-                      _fmt(r["mae_seasonal_daily"]), _fmt(r["mae_seasonal_weekly"]),
-                      _fmt(r["ratio_vs_best_baseline"], ".2f"), _fmt(r["pinball_p90"]),
-                      _fmt(r["pinball_p90_baseline"]), _fmt(r["coverage_p90"], ".2f"),
-                      _fmt(r["fit_seconds"], ".2f"),
-                      _fmt(None if pred is None else pred * 1000, ".2f"))
+        absolute.add_row(r["name"], r["model"], _fmt(r["mae"]), _fmt(r["mae_naive"]), win,
+                         _fmt(r["mae_seasonal_daily"]), _fmt(r["mae_seasonal_weekly"]),
+                         _fmt(r["pinball_p90"]), _fmt(r["pinball_p90_baseline"]))
+        pin, base = r["pinball_p90"], r["pinball_p90_baseline"]
+        ratios.add_row(r["name"], r["model"], _fmt(r["ratio_vs_best_baseline"], ".2f"),
+                       _fmt(pin / base if pin is not None and base else None, ".2f"),
+                       _fmt(r["coverage_p90"], ".2f"), str(r["scored_origins"]),
+                       _fmt(r["fit_seconds"], ".2f"),
+                       _fmt(None if pred is None else pred * 1000, ".2f"))
     s = result["summary"]
-    table.add_row("summary", "", "", "", "", "", "",
-                  _fmt(s["median_ratio_vs_best_baseline"], ".2f"),
-                  _fmt(s["median_pinball_p90_ratio"], ".2f"), "",
-                  _fmt(s["mean_coverage_p90"], ".2f"), "", "")
-    return table
+    ratios.add_row("summary (median, mean coverage)", "",
+                   _fmt(s["median_ratio_vs_best_baseline"], ".2f"),
+                   _fmt(s["median_pinball_p90_ratio"], ".2f"),
+                   _fmt(s["mean_coverage_p90"], ".2f"), "", "", "")
+    return Group(absolute, ratios)

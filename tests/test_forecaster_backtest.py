@@ -43,7 +43,14 @@ def test_backtest_json_shape_and_null_seasonal_baselines_on_one_hour_traces() ->
     json.dumps(result, allow_nan=False)
     out = io.StringIO()
     Console(width=200, file=out).print(render_table(result))
-    assert "azure2023-conv" in out.getvalue()
+    text = out.getvalue()
+    # Absolute errors and ratios are two tables: no ratio sits among requests/s columns.
+    absolute, _, ratios = text.partition("forescale backtest: ratios")
+    assert text.count("azure2023-conv") == 2
+    assert "MAE / best baseline" not in absolute and "cov p90" not in absolute
+    header = next(line for line in ratios.splitlines() if "MAE / best baseline" in line)
+    assert "naive" not in header and "seas.day" not in header
+    assert f"{row['ratio_vs_best_baseline']:.2f}" in ratios
 
 
 def test_default_horizon_is_thirty_minutes_capped_at_thirty_steps() -> None:
