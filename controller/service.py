@@ -529,10 +529,8 @@ class Service:
         outcome, message = self._actuate(name, target, decision, mode)
         rt.policy.commit(decision, now, applied=outcome not in ("failed", "follower"))
         self._export(name, v, decision, current)
-        floor_why = next((r.message for r in decision.reasons if r.code == "ReactiveFloor"),
-                         "")
         return self._record(rt, now, outcome, mode, current, decision.replicas,
-                            decision.predictive, decision.reactive, floor_why,
+                            decision.predictive, decision.reactive, decision.reactive_why,
                             decision.demand,
                             tuple({"code": str(r.code), "message": r.message, "from": r.before,
                                    "to": r.after} for r in decision.reasons),

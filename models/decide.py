@@ -142,9 +142,10 @@ class Decision:
     recommendation: int | None = None
     #: Forecast quantile actually used (after interpolation or edge fallback).
     quantile: float | None = None
-    #: The forecast's need alone, and the reactive floor (None when not set).
+    #: The forecast's need alone, and the reactive floor (None when not set) and why.
     predictive: int | None = None
     reactive: int | None = None
+    reactive_why: str = ""
     gpu_hours_per_hour: float = 0.0
     cost_per_hour: float = 0.0
     cost_per_1k_tokens: float | None = None
@@ -333,6 +334,7 @@ class Recommendation:
     quantile: float | None
     reasons: tuple[Reason, ...]
     need: _Need | None = field(default=None, repr=False)
+    floor_why: str = ""
 
     @staticmethod
     def of(replicas: int, code: ReasonCode, message: str, current: int) -> Recommendation:
@@ -369,7 +371,7 @@ def recommend(forecast: DemandForecast | None, capacity_per_replica: float,
     return Recommendation(n, need.replicas if need is not None else None, reactive_floor,
                           need.demand if need is not None else math.nan,
                           need.quantile if need is not None else None, tuple(trail.reasons),
-                          need)
+                          need, floor_why)
 
 
 def _outside_bounds(current: int, policy: ScalingPolicy) -> bool:
@@ -454,6 +456,7 @@ def _priced(n: int, current: int, rec: Recommendation, capacity_per_replica: flo
     return Decision(n, current, demand, capacity_per_replica, reasons,
                     recommendation=rec.replicas, quantile=rec.quantile,
                     predictive=rec.predictive, reactive=rec.floor,
+                    reactive_why=rec.floor_why,
                     gpu_hours_per_hour=cost.gpu_hours_per_hour,
                     cost_per_hour=cost.cost_per_hour,
                     cost_per_1k_tokens=cost.cost_per_1k_tokens)
