@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
 
@@ -29,6 +28,7 @@ from controller.service import DecisionRecord, Service
 from controller.state import ConfigMapStateStore
 from tests.conftest import REPO
 from tests.support.k8s_emulator import K8sEmulator, rule, rules_from_manifests
+from tests.support.models import NanModel, RaisingModel
 from tests.support.prom import END_TIME, BackfilledPrometheus, PrometheusFactory
 
 pytestmark = pytest.mark.integration
@@ -276,24 +276,13 @@ def test_rbac_forbidden_is_a_clear_permanent_error(prom: str, k8s: K8sEmulator) 
 def test_forecaster_nan_and_exceptions_hold(trained: Service, k8s: K8sEmulator) -> None:
     model = trained.variants[VARIANT].model
     assert model is not None
-    original = model.forecast
-
-    def nan(*a: Any, **kw: Any) -> Any:
-        fc = original(*a, **kw)
-        return type(fc)(**{**fc.__dict__,
-                           "quantiles": {q: np.full_like(v, np.nan)
-                                         for q, v in fc.quantiles.items()}})
-
-    model.forecast = nan  # type: ignore[method-assign]
+    trained.variants[VARIANT].model = NanModel(model.trained)
     rec = trained.reconcile()[0]
     assert "NaN" in rec.message and replicas(k8s) >= MIN
     assert sample(trained, "forescale_reconcile_errors_total", variant=VARIANT,
                   kind="forecast-nan") == 1
 
-    def boom(*a: Any, **kw: Any) -> Any:
-        raise RuntimeError("model bug")
-
-    model.forecast = boom  # type: ignore[method-assign]
+    trained.variants[VARIANT].model = RaisingModel(model.trained, message="model bug")
     trained._forecast_cache.clear()  # the NaN forecast was cached for this step
     rec = trained.reconcile()[0]
     assert rec.outcome == "failed" and "model bug" in rec.message

@@ -20,6 +20,7 @@ from controller.protocols import LiveSignals, PermanentError, TemporaryError
 from controller.service import Service
 from controller.state import FileStateStore
 from forecaster.base import History
+from tests.support.models import NanModel, RaisingModel
 
 STEP = 60
 T0 = 1_736_121_600.0
@@ -106,14 +107,7 @@ def test_a_forecast_with_nan_is_ignored_and_counted() -> None:
     svc.retrain()
     rt = svc.variants["v"]
     assert rt.model is not None
-    original = rt.model.forecast
-
-    def nan_forecast(*args: Any, **kwargs: Any) -> Any:
-        fc = original(*args, **kwargs)
-        return type(fc)(**{**fc.__dict__, "quantiles": {q: np.full_like(v, np.nan)
-                                                        for q, v in fc.quantiles.items()}})
-
-    rt.model.forecast = nan_forecast  # type: ignore[method-assign]
+    rt.model = NanModel(rt.model.trained)
     src: ArraySource = svc.source  # type: ignore[assignment]
     src.live_override = 1.0  # live load would allow scaling down: it must not happen
     rec = svc.reconcile()[0]
@@ -127,11 +121,8 @@ def test_a_forecaster_that_raises_holds_the_variant_and_says_why() -> None:
     svc = make_service(daily_load(), T0 + 3 * 86_400, replicas=6)
     svc.retrain()
     rt = svc.variants["v"]
-
-    def boom(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("model exploded")
-
-    rt.model.forecast = boom  # type: ignore[union-attr, method-assign]
+    assert rt.model is not None
+    rt.model = RaisingModel(rt.model.trained, message="model exploded")
     rec = svc.reconcile()[0]
     assert rec.outcome == "failed" and "model exploded" in rec.message
     assert svc.targets["v"].current_replicas("v") == 6
