@@ -246,7 +246,12 @@ class VariantOut(BaseModel):
     capacity_rps_at_slo: float | None = Field(description="Requests/s one replica serves "
                                               "within the SLO")
     cold_start_s: float = Field(description="Time from ordering a replica to it serving, "
-                                "seconds")
+                                "seconds: the p90 measured on this cluster once three "
+                                "scale-ups are on record, the configured value before")
+    cold_start_configured_s: float = Field(description="The profile's cold start, seconds "
+                                           "(the prior)")
+    cold_start: str = Field(description="How the cold start was obtained (measured or "
+                            "configured, over how many scale-ups)")
     gpu_type: str = Field(description="GPU type of one replica")
     gpus_per_replica: int = Field(description="GPUs per replica")
     cost_per_replica_hour: float = Field(description="Cost of one replica, USD per hour")
@@ -420,7 +425,9 @@ def _variant_out(service: Service, name: str) -> VariantOut:
         current_replicas=last.current if last else None,
         desired_replicas=last.desired if last else None,
         min_replicas=v.min_replicas, max_replicas=v.max_replicas,
-        capacity_rps_at_slo=service.capacity(rt).rps, cold_start_s=v.profile.cold_start_s,
+        capacity_rps_at_slo=service.capacity(rt).rps, cold_start_s=rt.policy.cold_start_s,
+        cold_start_configured_s=v.profile.cold_start_s,
+        cold_start=rt.policy.cold_start.explain(),
         gpu_type=v.profile.gpu_type, gpus_per_replica=v.profile.gpus_per_replica,
         cost_per_replica_hour=v.profile.cost_per_replica_hour,
         actuation=service.config.mode_of(v).value,

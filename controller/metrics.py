@@ -44,6 +44,9 @@ class ForescaleMetrics:
                                      "the provisioned quantile", v, registry=r)
         self.model_info = Gauge("forescale_model_info", "Model serving each variant (1)",
                                 [*v, "model"], registry=r)
+        self.cold_start = Gauge("forescale_cold_start_seconds", "Cold start planned for: the p90 "
+                                "of measured scale-ups, the configured value before", v,
+                                registry=r)
         self.provisioning_quantile = Gauge("forescale_provisioning_quantile", "Quantile "
                                            "provisioned for, tuned for the SLO target", v,
                                            registry=r)

@@ -214,12 +214,13 @@ class Service:
                     scale_events=tuple((float(t), int(a), int(b))
                                        for t, a, b in data.get("scale_events", [])))
                 quantile = float(data["quantile"]) if "quantile" in data else None
+                cold_starts = [float(c) for c in data.get("cold_starts", [])]
                 records = [DecisionRecord(**{**rec, "reasons": tuple(rec["reasons"])})
                            for rec in data.get("log", [])]
             except (TypeError, ValueError, KeyError) as exc:
                 log.error("saved state of %s is malformed (%s): ignored", name, exc)
                 continue
-            rt.policy.restore(scaling, quantile)
+            rt.policy.restore(scaling, quantile, cold_starts)
             rt.log.extend(records)
             rt.last = rt.log[-1] if rt.log else None
         log.info("restored state of %d variant(s)", len(saved.get("variants") or {}))
@@ -233,6 +234,7 @@ class Service:
             out[name] = {
                 "current": rt.scaling.current_replicas,
                 "quantile": rt.policy.quantile,
+                "cold_starts": list(rt.policy.cold_start.snapshot()),
                 "recommendations": [list(r) for r in rt.scaling.recommendations],
                 "scale_events": [list(e) for e in rt.scaling.scale_events],
                 "log": [asdict(r) for r in list(rt.log)[-PERSISTED_LOG_SIZE:]],
@@ -252,10 +254,13 @@ class Service:
 
     # ------------------------------------------------------------------ training
     def horizon_steps(self, v: VariantConfig) -> int:
-        """Steps to forecast: the configured horizon, at least one cold start plus a window."""
+        """Steps to forecast: the configured horizon, at least one cold start (the longer of
+        the configured and the measured one) plus a window."""
         step = self.config.prometheus.step_s
+        rt = self.variants.get(v.name)
+        cold = max(v.profile.cold_start_s, rt.policy.cold_start_s if rt is not None else 0.0)
         need = max(self.config.forecast.horizon_s,
-                   v.profile.cold_start_s + 2 * self.config.schedules.reconcile_interval_s + step)
+                   cold + 2 * self.config.schedules.reconcile_interval_s + step)
         return max(1, math.ceil(need / step))
 
     def selection_due(self, name: str, now: float) -> str | None:
@@ -460,7 +465,10 @@ class Service:
             attainment_target=v.slo.attainment_target,
             ttft_slack_s=v.slo.ttft_p95_s - v.profile.base_ttft_s, interval_s=interval,
             gpus_per_replica=v.profile.gpus_per_replica,
-            gpu_hourly_usd=v.profile.gpu_hourly_usd)
+            gpu_hourly_usd=v.profile.gpu_hourly_usd,
+            step_s=self.config.prometheus.step_s,
+            hold_follows_cold_start=b.scale_down is None
+            or b.scale_down.stabilization_window_seconds is None)
 
     def _live(self, name: str, now: float) -> LiveSignals | None:
         try:
@@ -566,6 +574,7 @@ class Service:
         self._child(m.forecast_error, name).set(rt.policy.accuracy.error_ratio)
         self._child(m.fallback_active, name).set(int(rt.policy.fallback_active))
         self._child(m.provisioning_quantile, name).set(rt.policy.quantile)
+        self._child(m.cold_start, name).set(rt.policy.cold_start_s)
         m.record_reasons(name, d.reason_codes())
         self._child(m.cost_per_hour, name).set(d.cost_per_hour)
         self._child(m.gpus, name, v.profile.gpu_type).set(d.replicas * v.profile.gpus_per_replica)

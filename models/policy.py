@@ -22,17 +22,20 @@ One step is the HPA-shaped two-stage pipeline of `models.decide`:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from forecaster.base import FloatArray, Forecast
+from models.coldstart import MAX_COLD_START_S, ColdStartEstimator
 from models.decide import (
     Decision,
     DemandForecast,
     ReasonCode,
     ScalingPolicy,
     ScalingState,
+    break_even_hold_s,
     decide,
     next_state,
 )
@@ -69,11 +72,15 @@ class PolicySettings:
     gpu_hourly_usd: float = 0.0
     #: Correct a forecast issued at the start of a long window with the live load.
     nowcast: bool = True
+    #: The training step; with `hold_follows_cold_start`, the scale-down window is the longer
+    #: of the measured cold start and this (the break-even hold), as the cold start moves.
+    step_s: int = 60
+    hold_follows_cold_start: bool = False
 
-    def shortfall(self, step_s: float) -> ShortfallModel:
+    def shortfall(self, step_s: float, cold_start_s: float) -> ShortfallModel:
         """How a window short of capacity turns into missed requests (for the calibrator):
         seeing the shortfall takes the metrics window and a decision interval."""
-        return shortfall_model(step_s, self.cold_start_s,
+        return shortfall_model(step_s, cold_start_s,
                                self.metrics_window_s + self.interval_s, self.ttft_slack_s,
                                self.scaling.target_utilisation)
 
@@ -133,6 +140,8 @@ class VariantPolicy:
     def __init__(self, settings: PolicySettings, quantile: float) -> None:
         self.settings = settings
         self.scaling: ScalingState | None = None
+        #: The measured cold start (the configured one is its prior).
+        self.cold_start = ColdStartEstimator(settings.cold_start_s)
         self.accuracy = AccuracyTracker()
         self.headroom = HeadroomTuner(
             quantile, settings.attainment_target
@@ -142,7 +151,7 @@ class VariantPolicy:
         self.last_forecast: Forecast | None = None
         self._usable = False
         #: The settings the calibrator's shortfall model was last checked against.
-        self._calibrated_for: PolicySettings | None = None
+        self._calibrated_for: tuple[PolicySettings, float] | None = None
         self._recorded: Forecast | None = None
         self._level_key: tuple[int, float] | None = None
         self._level_fc: Forecast | None = None
@@ -156,9 +165,27 @@ class VariantPolicy:
         """New settings (a config reload); the state carries over. The calibrator is rebuilt
         at the next forecast if its shortfall model changed."""
         self.settings = settings
+        self.cold_start.prior_s = settings.cold_start_s
         self.headroom.attainment_target = settings.attainment_target + CALIBRATION_MARGIN * (
             1.0 - settings.attainment_target)
 
+    @property
+    def cold_start_s(self) -> float:
+        """The cold start decisions plan for: measured (p90), the configured one before."""
+        return self.cold_start.cold_start_s
+
+    def scaling_policy(self) -> ScalingPolicy:
+        """The behaviour as configured; a scale-down window left to the break-even hold
+        follows the measured cold start."""
+        s = self.settings
+        if not s.hold_follows_cold_start:
+            return s.scaling
+        b = s.scaling.behaviour
+        hold = min(break_even_hold_s(self.cold_start_s, s.step_s), MAX_COLD_START_S)
+        if b.scale_down.stabilisation_s == hold:
+            return s.scaling
+        return replace(s.scaling, behaviour=replace(b, scale_down=replace(
+            b.scale_down, stabilisation_s=hold)))
     @property
     def quantile(self) -> float:
         return self.headroom.quantile
@@ -167,11 +194,14 @@ class VariantPolicy:
     def fallback_active(self) -> bool:
         return self.accuracy.fallback_active
 
-    def restore(self, scaling: ScalingState, quantile: float | None) -> None:
-        """State saved by an earlier process (stabilisation windows, the tuned quantile)."""
+    def restore(self, scaling: ScalingState, quantile: float | None,
+                cold_starts: Sequence[float] = ()) -> None:
+        """State saved by an earlier process (stabilisation windows, the tuned quantile, the
+        measured cold starts)."""
         self.scaling = scaling
         if quantile is not None:
             self.headroom.quantile = quantile
+        self.cold_start.samples.extend(c for c in cold_starts if 0 <= c <= MAX_COLD_START_S)
 
     def usable(self, fc: Forecast) -> bool:
         """Whether every value of the forecast is finite (checked once per forecast: the
@@ -189,16 +219,25 @@ class VariantPolicy:
         if len(levels) < 2:
             return
         cal = self.headroom.calibrator
+        cold = self.cold_start_s
         if cal is None or cal.levels != levels or cal.model.window_s != fc.step_s \
-                or self._calibrated_for is not self.settings:
-            model = self.settings.shortfall(float(fc.step_s))
-            if cal is None or cal.levels != levels or cal.model != model:
+                or self._calibrated_for != (self.settings, cold):
+            model = self.settings.shortfall(float(fc.step_s), cold)
+            new_config = self._calibrated_for is not None \
+                and self._calibrated_for[0] is not self.settings
+            if cal is None or cal.levels != levels or cal.model.window_s != fc.step_s \
+                    or (new_config and cal.model != model):
+                # New levels, step or config: a record judged by other settings is dropped.
                 self.headroom.calibrator = cal = calibrator_for(levels, model)
-            self._calibrated_for = self.settings
+            else:
+                # Only the measured cold start moved: keep the record, judge from now on
+                # with the new exposure.
+                cal.model = model
+            self._calibrated_for = (self.settings, cold)
         if fc is self._recorded:
             return  # this forecast window is on record already
         self._recorded = fc
-        ahead = min(fc.horizon - 1, int(self.settings.cold_start_s // fc.step_s))
+        ahead = min(fc.horizon - 1, int(self.cold_start_s // fc.step_s))
         if observed is not None:
             cal.observe(*observed)
         cal.expect(fc.issued_at + ahead * fc.step_s,
@@ -269,12 +308,14 @@ class VariantPolicy:
         s = self.settings
         ready = live.ready_replicas if live is not None and live.ready_replicas is not None \
             else current
+        self.cold_start.observe(now, live.ready_replicas if live is not None else None)
         requests, missed = interval_misses(live, ready, s)
         self.headroom.record(now, requests, missed)
         floor, floor_why = reactive_floor(live, current, s.reactive)
         demand, source, reactive = self._demand(now, live, forecast, observed, why)
         state = self.scaling_state(current)
-        decision = decide(demand, s.capacity_rps, s.cold_start_s, s.scaling, state, now,
+        decision = decide(demand, s.capacity_rps, self.cold_start_s, self.scaling_policy(),
+                          state, now,
                           reactive_floor=floor, floor_why=floor_why,
                           quantile=self.quantile,
                           gpus_per_replica=s.gpus_per_replica,
@@ -299,6 +340,8 @@ class VariantPolicy:
         """Remember the decision; when it was not applied (dry-run failures, a follower), the
         fleet stays where it was."""
         state = self.scaling_state(decision.current)
-        self.scaling = next_state(state, decision, now, self.settings.scaling)
+        self.scaling = next_state(state, decision, now, self.scaling_policy())
         if not applied:
             self.scaling = replace(self.scaling, current_replicas=decision.current)
+        else:
+            self.cold_start.ordered(now, decision.current, decision.replicas)

@@ -411,3 +411,26 @@ def test_replay_reads_a_fleet_history_from_prometheus(prometheus_backfilled: obj
     assert np.allclose(got.requests[both], tail[both], rtol=0.1)
     down = _cli("--prometheus", "http://127.0.0.1:9", "--config", str(cfg), "--since", "1d")
     assert down.returncode == 2 and "cannot read the history" in down.stderr
+
+
+@needs_data
+def test_the_service_measures_the_cold_start_of_a_deployment_slower_than_configured() -> None:
+    """The config says 120 s; the simulated Deployment's replicas take 300 s to be ready.
+    The policy measures it from scale-ups (p90), plans its forecast window and scale-down hold
+    with it, and says so."""
+    ts = _servegen(1.5)
+    p = _plan(ts, profile={"capacity_rps": float(np.nanmean(ts.requests)) / 20,
+                           "cold_start_s": 120.0, "gpu_hourly_usd": 0.0})
+    slow = {n: replace(s, fleet=replace(s.fleet, cold_start_s=300.0))
+            for n, s in p.variants.items()}
+    run = run_forescale(replace(p, variants=slow))
+    policy = run.service.variants[ts.name].policy
+    assert policy.cold_start.measured, policy.cold_start.explain()
+    # Seen at the first reconcile after readiness: 300 s plus at most one 30 s interval.
+    assert 300.0 <= policy.cold_start_s <= 330.0
+    assert "measured p90" in policy.cold_start.explain()
+    late = [r for r in run.records if r.ts > run.records[-1].ts - 3600]
+    assert any("[t+3" in c["message"] for r in late for c in r.reasons
+               if c["code"] in ("ForecastPeak", "Reactive"))
+    assert policy.scaling_policy().behaviour.scale_down.stabilisation_s == \
+        pytest.approx(max(policy.cold_start_s, 600.0))
