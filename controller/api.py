@@ -262,7 +262,9 @@ class VariantOut(BaseModel):
                           "(calibrated or feedback)")
 
 
-class PlanItem(BaseModel):
+class _DecisionFields(BaseModel):
+    """What every view of one decision says (a plan's line and the decision log's record)."""
+
     variant: str = Field(description="Variant name")
     ts: str = Field(description="Time of the decision, ISO 8601 UTC")
     outcome: str = Field(description="scaled, held, dry-run, metric, follower or failed")
@@ -272,12 +274,15 @@ class PlanItem(BaseModel):
     reactive: int | None = Field(description="Reactive floor from live signals, replicas")
     demand_rps: float | None = Field(description="Forecast demand provisioned for, "
                                      "requests/s")
-    unserved_rps: float = Field(description="Demand the desired replicas cannot serve within "
-                                "the SLO, requests/s")
-    cost_per_hour: float | None = Field(description="Cost of the desired replicas, USD/hour")
     reasons: list[dict[str, Any]] = Field(description="Each step of the decision with its "
                                           "reason code")
     message: str = Field(description="The decision in one line")
+
+
+class PlanItem(_DecisionFields):
+    unserved_rps: float = Field(description="Demand the desired replicas cannot serve within "
+                                "the SLO, requests/s")
+    cost_per_hour: float | None = Field(description="Cost of the desired replicas, USD/hour")
 
 
 class GroupPlan(BaseModel):
@@ -299,23 +304,11 @@ class PlanResponse(BaseModel):
     groups: list[GroupPlan] = Field(default=[], description="Per variant group")
 
 
-class DecisionOut(BaseModel):
-    ts: str = Field(description="Time of the decision, ISO 8601 UTC")
-    variant: str = Field(description="Variant name")
-    outcome: str = Field(description="scaled, held, dry-run, metric, follower or failed")
-    current: int | None = Field(description="Replicas before the decision")
-    desired: int | None = Field(description="Replicas decided")
-    predictive: int | None = Field(description="Replicas the forecast alone asks for")
-    reactive: int | None = Field(description="Reactive floor from live signals, replicas")
+class DecisionOut(_DecisionFields):
     reactive_why: str = Field(description="Which live signal set the reactive floor")
-    demand_rps: float | None = Field(description="Forecast demand provisioned for, "
-                                     "requests/s")
     model: str | None = Field(description="Forecasting model used")
     mode: str = Field(description="Actuation mode: dry-run, scale or metric")
     state: str = Field(description="predictive, reactive-fallback or warming-up")
-    reasons: list[dict[str, Any]] = Field(description="Each step of the decision with its "
-                                          "reason code")
-    message: str = Field(description="The decision in one line")
     live: dict[str, float | int | None] = Field(description="Live signals read (request_rate "
                                                 "in requests/s, queue in requests, "
                                                 "kv_cache in [0, 1], ttft_p95 in seconds)")
