@@ -227,6 +227,8 @@ class ForecastOut(BaseModel):
                                             "(ratios to the naive baseline unless named "
                                             "otherwise; null when not computed)")
     unit: str = Field(default="requests/s", description="Unit of the quantile values")
+    history_gaps: int = Field(default=0, description="Windows of the training history with "
+                              "no data, treated as missing (not as zero load)")
 
 
 class ForecastResponse(BaseModel):
@@ -405,7 +407,8 @@ def _forecast_out(service: Service, name: str, horizon: int | None,
         quantiles=[QuantilePath(quantile=q, values=[float(x) for x in fc.quantiles[q]])
                    for q in sorted(fc.quantiles) if qs is None or q in qs],
         trained_from=_iso(fc.trained_from), trained_to=_iso(fc.trained_to),
-        scores={k: _num(v) for k, v in fc.scores.items()})
+        scores={k: _num(v) for k, v in fc.scores.items()},
+        history_gaps=service.variants[name].history_gaps if name in service.variants else 0)
 
 
 def _variant_out(service: Service, name: str) -> VariantOut:

@@ -16,6 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from controller.config import Config, ConfigError, VariantConfig
 from controller.metrics import ForescaleMetrics
 from controller.protocols import (
@@ -42,6 +45,15 @@ from models.policy import PolicySettings, VariantPolicy
 from models.reactive import AccuracyTracker, ReactiveTargets
 
 log = logging.getLogger("forescale.loop")
+
+
+def gap_count(values: npt.NDArray[np.float64]) -> int:
+    """Missing windows between the first and the last observed one (before the first sample
+    the variant did not exist yet: those are not gaps)."""
+    ok = np.flatnonzero(np.isfinite(values))
+    if ok.size == 0:
+        return 0
+    return int((~np.isfinite(values[ok[0]:ok[-1] + 1])).sum())
 
 DECISION_LOG_SIZE = 500
 #: Decisions per variant kept in the persisted state (the in-memory log keeps more).
@@ -77,6 +89,9 @@ class VariantRuntime:
     config: VariantConfig
     policy: VariantPolicy
     model: ServedModel | None = None
+    #: Windows of the last training history with no samples between its first and last
+    #: sample: missing data, kept missing (never read as zero load).
+    history_gaps: int = 0
     capacity: CapacityEstimate | None = None
     last: DecisionRecord | None = None
     log: deque[DecisionRecord] = field(default_factory=lambda: deque(maxlen=DECISION_LOG_SIZE))
@@ -310,6 +325,7 @@ class Service:
                     self._child(self.metrics.training_failures, name).inc()
                     continue
                 histories[name] = h
+                self.variants[name].history_gaps = gap_count(h.values)
             if not histories:
                 return TrainingReport({}, {}, 0.0)  # nothing due: the models stand
             t0 = time.perf_counter()

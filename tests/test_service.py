@@ -320,3 +320,24 @@ def test_config_reload_rebuilds_a_calibrator_built_on_the_old_settings() -> None
     svc.reconcile()
     assert rt.calibrator is not None and rt.calibrator is not before
     assert rt.calibrator.model.capacity_factor == pytest.approx(1 / 0.7)
+
+
+def test_gaps_in_the_history_are_counted_and_shown_not_read_as_zero() -> None:
+    """Windows with no samples between the first and last one are missing data: counted
+    once per retrain, shown by /forecast; the windows before the series began are not."""
+    import httpx
+
+    from controller.api import create_app
+    from tests.support.http import serve_app
+
+    load = daily_load()
+    load[:600] = np.nan  # the variant did not exist yet: not gaps
+    load[2000:2037] = np.nan  # 37 minutes lost to a scrape outage: gaps
+    svc = make_service(load, T0 + 3 * 86_400)
+    svc.retrain(["v"])
+    assert svc.variants["v"].history_gaps == 37
+    assert svc.variants["v"].model is not None
+    with serve_app(create_app(svc)) as url:
+        doc = httpx.get(f"{url}/forecast", params={"variant": "v"}, timeout=10).json()
+    assert doc["forecasts"][0]["history_gaps"] == 37
+    assert min(min(q["values"]) for q in doc["forecasts"][0]["quantiles"]) > 0
