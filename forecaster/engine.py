@@ -203,6 +203,14 @@ def _fallback(history: History, reason: str, fingerprint: str, qs: tuple[float, 
                         _buffer_start=start)
 
 
+def trim_leading_missing(history: History) -> History:
+    """The history from its first finite sample on (unchanged when it has none)."""
+    ok = np.flatnonzero(np.isfinite(history.values))
+    if ok.size == 0 or ok[0] == 0:
+        return history
+    return history.slice(len(history), start=int(ok[0]))
+
+
 def _fallback_reason(sel: Selection, baselines_too: bool) -> str:
     """Why a fallback serves: the budget, a history too short for every candidate (with the
     have/need of the least demanding one), or failures. `baselines_too`: no candidate
@@ -221,8 +229,15 @@ def _fallback_reason(sel: Selection, baselines_too: bool) -> str:
 def train_one(history: History, factories: Sequence[Factory], horizon: int,
               quantiles: tuple[float, ...], provisioning_quantile: float,
               deadline: float | None, fingerprint: str) -> TrainedModel:
-    """Select and fit one variant; never raises (falls back to a baseline instead)."""
+    """Select and fit one variant; never raises (falls back to a baseline instead).
+
+    Windows before the series' first sample are dropped: the variant did not exist yet.
+    Left in, they counted against the holdout split, which is by position, so a variant
+    three hours old in a 14-day window had no sample in its fit half and no model was
+    trained for a week.
+    """
     t0 = time.perf_counter()
+    history = trim_leading_missing(history)
     try:
         if deadline is not None and time.time() > deadline:
             return _fallback(history, "budget exceeded before training", fingerprint,

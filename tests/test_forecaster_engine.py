@@ -143,3 +143,20 @@ def test_retrain_continues_the_adapted_quantile_level(fingerprint: str, carried:
         assert new.model.level_shift == old.model.level_shift
     else:
         assert new.model.level_shift == 0.0
+
+
+def test_a_young_variant_trains_on_the_samples_it_has_not_on_the_empty_window() -> None:
+    """Six hours of load at the end of a 14-day history window: the windows before the
+    first sample are not part of the series. Left in, the positional holdout split put no
+    sample in the fit half and nothing but a fallback served for a week."""
+    from forecaster.engine import train_one
+    from forecaster.selection import default_factories
+
+    n, have = 14 * 1440, 6 * 60
+    t = np.arange(have)
+    values = np.full(n, np.nan)
+    values[-have:] = 40.0 + 10.0 * np.sin(2 * np.pi * t / 90.0)
+    h = History("young", 0.0, 60, values)
+    m = train_one(h, default_factories(), 10, (0.5, 0.9), 0.9, None, "")
+    assert m.fallback_reason is None, m.fallback_reason
+    assert m.trained_from == (n - have) * 60.0
