@@ -27,7 +27,7 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
-from models.behaviour import Behaviour, ScalingPolicyRule, ScalingRules
+from models.behaviour import Behaviour
 from models.behaviour import ReasonCode as HPAReasonCode
 from models.behaviour import normalise as hpa_normalise
 from models.cost import fleet_cost
@@ -63,13 +63,6 @@ class DemandForecast:
     def __post_init__(self) -> None:
         if self.step_s <= 0:
             raise ValueError(f"forecast step_s must be positive, got {self.step_s!r}")
-
-
-#: No stabilisation and no rate limit either way: for emulated peers (the oracle) that decide
-#: their own schedule.
-UNLIMITED = Behaviour(
-    scale_up=ScalingRules(0.0, "Max", (ScalingPolicyRule("Pods", 1_000_000, 15.0),)),
-    scale_down=ScalingRules(0.0, "Max", (ScalingPolicyRule("Percent", 100, 15.0),)))
 
 
 @dataclass(frozen=True)

@@ -153,11 +153,10 @@ class VariantPolicy:
         #: The settings the calibrator's shortfall model was last checked against.
         self._calibrated_for: tuple[PolicySettings, float] | None = None
         self._recorded: Forecast | None = None
-        self._level_key: tuple[int, float] | None = None
         self._level_fc: Forecast | None = None
+        self._level_q: float | None = None
         self._level_qs: dict[float, FloatArray] = {}
-        #: Decisions made on a forecast, and those the overload floor raised.
-        self.forecast_decisions = 0
+        #: Decisions the overload floor raised above the forecast's need.
         self.floor_decisions = 0
 
     # ------------------------------------------------------------------ configuration
@@ -186,6 +185,7 @@ class VariantPolicy:
             return s.scaling
         return replace(s.scaling, behaviour=replace(b, scale_down=replace(
             b.scale_down, stabilisation_s=hold)))
+
     @property
     def quantile(self) -> float:
         return self.headroom.quantile
@@ -258,13 +258,13 @@ class VariantPolicy:
         """The forecast at the provisioning quantile (interpolated once per forecast and
         quantile, or the nearest level outside them) and at the median (for `nowcast`)."""
         q = self.quantile
-        if self._level_key != (id(fc), q) or self._level_fc is not fc:
+        if fc is not self._level_fc or q != self._level_q:
             lo, hi = min(fc.quantiles), max(fc.quantiles)
             edge = min(max(q, lo), hi)
             qs = {edge: np.asarray(fc.at(edge), dtype=np.float64)}
             if lo <= 0.5 <= hi:
                 qs[0.5] = np.asarray(fc.at(0.5), dtype=np.float64)
-            self._level_key, self._level_fc, self._level_qs = (id(fc), q), fc, qs
+            self._level_fc, self._level_q, self._level_qs = fc, q, qs
         return dict(self._level_qs)
 
     def _demand(self, now: float, live: LiveSignals | None, fc: Forecast | None,
@@ -287,7 +287,6 @@ class VariantPolicy:
             if self.settings.nowcast and rate is not None:
                 qs = nowcast(qs, rate, now - fc.issued_at, fc.step_s,
                              self.settings.metrics_window_s)
-            self.forecast_decisions += 1
             return DemandForecast(fc.issued_at, fc.step_s, qs), f"model {fc.model}", False
         why = "reactive fallback: forecast worse than the naive baseline recently"
         if rate is None or 0.5 not in qs:
