@@ -150,7 +150,10 @@ class ServiceRun:
     sims: dict[str, SimResult]
     records: list[DecisionRecord]
     service: Service
-    retrains: int
+    #: Retrain passes run (one per retrain interval), and model selections they made (a
+    #: pass selects only the variants `Service.selection_due` names).
+    retrain_passes: int
+    selections: int
 
 
 def replay_config(config: Config) -> Config:
@@ -182,14 +185,14 @@ def run_service(config: Config, arrivals: Mapping[str, FloatArray],
     n = min(v.sim.n for v in variants.values())
     every = max(1, round(cfg.schedules.reconcile_interval_s / dt))
     retrain_every = max(1, round(cfg.schedules.retrain_interval_s / dt))
-    retrains = 0
+    passes = selections = 0
     sims = [v.sim for v in variants.values()]
     with _quiet():
         for k in range(n):
             if k % retrain_every == 0:
                 clock.now = start + k * dt
-                svc.retrain()
-                retrains += 1
+                selections += len(svc.retrain().models)
+                passes += 1
                 if progress is not None:
                     progress(k / n)
             if k % every == 0:
@@ -198,4 +201,4 @@ def run_service(config: Config, arrivals: Mapping[str, FloatArray],
             for sim in sims:
                 sim.serve(k)
     return ServiceRun({name: v.sim.result() for name, v in variants.items()}, records, svc,
-                      retrains)
+                      passes, selections)

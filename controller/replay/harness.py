@@ -450,7 +450,8 @@ def _service_note(run: ServiceRun, variant: str) -> str:
     return never + (f"quantile {min(trail):.3f}..{max(trail):.3f}, median "
             f"{float(np.median(trail)):.3f} ({pol.headroom.calibrated} of "
             f"{len(pol.headroom.trail)} hourly choices calibrated); models "
-            f"{', '.join(models) or 'none'}; {run.retrains} retrains; decisions by state "
+            f"{', '.join(models) or 'none'}; {run.retrain_passes} retrain passes, "
+            f"{run.selections} model selections (all variants); decisions by state "
             + ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
             + f"; {pol.floor_decisions} raised by the overload floor")
 
