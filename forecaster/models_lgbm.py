@@ -124,11 +124,13 @@ def _seasonal_columns(s: pd.Series, y: FloatArray, step_s: int, o_rep: IntArray,
         p = steps_per(period_s, step_s)
         idx = target - p
         ok = (idx - half >= 0) & (idx + half <= o_rep)
-        ago = smooth[np.clip(idx, 0, n - 1)] / scale
-        out.append(np.where(ok & np.isfinite(ago), ago, UNKNOWN))
         past = o_rep - p
-        with np.errstate(divide="ignore", invalid="ignore"):
+        # A ratio that is not a number (0/0, x/0, an overflow from a subnormal level) is
+        # unknown, as a window outside the history is.
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            ago = smooth[np.clip(idx, 0, n - 1)] / scale
             ratio = level[o_rep] / level[np.clip(past, 0, n - 1)]
+        out.append(np.where(ok & np.isfinite(ago), ago, UNKNOWN))
         out.append(np.where((past >= 0) & np.isfinite(ratio), ratio, UNKNOWN))
     return out
 
