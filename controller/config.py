@@ -344,6 +344,10 @@ class VariantConfig(_Strict):
     max_replicas: MaxReplicas = 10
     actuation: ActuationMode | None = Field(default=None,
                                             description="Overrides the global actuation mode")
+    provisioning_quantile: float | None = Field(
+        default=None, gt=0, lt=1,
+        description="Quantile provisioned for at start (then tuned from SLO misses); "
+                    "default: forecast.provisioning_quantile")
 
     @field_validator("selector")
     @classmethod
@@ -457,6 +461,34 @@ class StateConfig(_Strict):
         return self
 
 
+class CustomResourcesConfig(_Strict):
+    """The VariantAutoscaler controller (`controller/crd.py`): variants declared as Kubernetes
+    objects, started, changed and stopped while forescale runs, beside the file's variants."""
+
+    enabled: bool = Field(default=False, description="Watch VariantAutoscaler objects")
+    namespaces: list[Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                                          max_length=63)]] = Field(
+        default_factory=list,
+        description="Namespaces watched, one watch each (the RoleBindings of "
+                    "deploy/kubernetes/rbac.yaml); empty: all namespaces, which needs a "
+                    "ClusterRoleBinding")
+    resync_s: float = Field(default=300, ge=10, le=86_400,
+                            description="Every object is listed and reconciled again this "
+                                        "often, whatever the watch delivered")
+
+    @field_validator("namespaces")
+    @classmethod
+    def _unique(cls, namespaces: list[str]) -> list[str]:
+        dup = sorted({n for n in namespaces if namespaces.count(n) > 1})
+        if dup:
+            raise ValueError(f"namespaces repeated: {', '.join(dup)}")
+        return namespaces
+
+
+class KubernetesConfig(_Strict):
+    custom_resources: CustomResourcesConfig = CustomResourcesConfig()
+
+
 class Config(_Strict):
     prometheus: PrometheusConfig = PrometheusConfig()
     actuation: ActuationMode = ActuationMode.DRY_RUN
@@ -467,11 +499,18 @@ class Config(_Strict):
     state: StateConfig = StateConfig()
     gpu_quotas: dict[str, GpuCount] = Field(default_factory=dict,
                                        description="Max GPUs per GPU type across variants")
-    variants: list[VariantConfig] = Field(min_length=1)
+    kubernetes: KubernetesConfig = KubernetesConfig()
+    variants: list[VariantConfig] = Field(
+        default_factory=list, description="Variants of this file; at least one unless "
+        "kubernetes.custom_resources is enabled (then they may all be VariantAutoscalers)")
     groups: list[VariantGroup] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self) -> Config:
+        if not self.variants and not self.kubernetes.custom_resources.enabled:
+            raise ValueError("variants: at least 1 variant is needed (or enable "
+                             "kubernetes.custom_resources and declare them as "
+                             "VariantAutoscaler objects)")
         names = [v.name for v in self.variants]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

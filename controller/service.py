@@ -55,6 +55,9 @@ def gap_count(values: npt.NDArray[np.float64]) -> int:
         return 0
     return int((~np.isfinite(values[ok[0]:ok[-1] + 1])).sum())
 
+#: The origin of variants listed in the config file.
+CONFIG_ORIGIN = "config"
+
 DECISION_LOG_SIZE = 500
 #: Decisions per variant kept in the persisted state (the in-memory log keeps more).
 PERSISTED_LOG_SIZE = 50
@@ -89,6 +92,11 @@ class VariantRuntime:
     config: VariantConfig
     policy: VariantPolicy
     model: ServedModel | None = None
+    #: Who declared the variant: "config" (the file) or "VariantAutoscaler <ns>/<name>".
+    origin: str = CONFIG_ORIGIN
+    #: Bumped whenever the model is dropped (a config change affecting it), so a retrain
+    #: that read its history before the change never installs a model of the old config.
+    model_epoch: int = 0
     #: Windows of the last training history with no samples between its first and last
     #: sample: missing data, kept missing (never read as zero load).
     history_gaps: int = 0
@@ -127,8 +135,29 @@ class VariantRuntime:
         return self.policy.accuracy
 
 
+def model_inputs(v: VariantConfig) -> tuple[str, float]:
+    """What a variant's trained model depends on beyond the global forecast settings: the
+    series it learnt (the requests query with its selector) and the cold start its horizon
+    covers. A change to anything else (limits, behaviour, SLO, mode, live signals) only
+    reconfigures the policy."""
+    return (v.signals.requests.replace("$selector", v.label_selector), v.profile.cold_start_s)
+
+
+def _global_model_inputs(c: Config) -> tuple[Any, ...]:
+    """The config fields every model depends on (see `training.config_fingerprint`)."""
+    return (c.prometheus.step_s, c.prometheus.history_days,
+            tuple(sorted({*c.forecast.quantiles, c.forecast.provisioning_quantile})))
+
+
 class Service:
-    """Holds the per-variant runtime and runs retrain and reconcile passes."""
+    """Holds the per-variant runtime and runs retrain and reconcile passes.
+
+    The variant set can change while it runs (`add_variant`, `update_variant`,
+    `remove_variant`: VariantAutoscaler objects, a reloaded config file). `variants` is
+    replaced, never mutated, so API threads iterating it never see it change size; writers
+    and each variant's reconcile hold `_variants_lock`, so a variant removed is never scaled
+    after `remove_variant` returns.
+    """
 
     def __init__(self, config: Config, source: MetricsSource, targets: dict[str, ScaleTarget],
                  clock: Callable[[], float] = time.time,
@@ -145,9 +174,19 @@ class Service:
         #: Credit line for plots of the data source (a trace's licence), if any.
         self.attribution = ""
         self.fingerprint = config_fingerprint(config)
-        self.variants = {v.name: VariantRuntime(v, VariantPolicy(
-            self.policy_settings(v), config.forecast.provisioning_quantile))
-            for v in config.variants}
+        self._variants_lock = threading.RLock()
+        self.variants: dict[str, VariantRuntime] = {
+            v.name: self._runtime(v, CONFIG_ORIGIN) for v in config.variants}
+        #: Builds the actuator of a variant added at runtime (set by the wiring; without it
+        #: the variant set is fixed, as in the demo and the replay).
+        self.target_factory: Callable[[VariantConfig], ScaleTarget] | None = None
+        #: Called with (name, config) when a variant is added or changed and (name, None)
+        #: when it is removed, so edges that know variants by name (the metrics source)
+        #: follow the set.
+        self.variant_listeners: list[Callable[[str, VariantConfig | None], None]] = []
+        #: Called once after every reconcile pass with its records (the VariantAutoscaler
+        #: status writer).
+        self.reconcile_listeners: list[Callable[[list[DecisionRecord]], None]] = []
         self.generation = 0
         self.last_training: TrainingReport | None = None
         self._train_lock = threading.Lock()
@@ -177,34 +216,172 @@ class Service:
             child = self._children[key] = metric.labels(*labels)
         return child
 
+    # ------------------------------------------------------------------ variant set
+    def _runtime(self, v: VariantConfig, origin: str) -> VariantRuntime:
+        return VariantRuntime(v, VariantPolicy(
+            self.policy_settings(v),
+            v.provisioning_quantile or self.config.forecast.provisioning_quantile),
+            origin=origin)
+
+    def _make_target(self, v: VariantConfig) -> ScaleTarget:
+        if self.target_factory is None:
+            raise ConfigError(f"variant {v.name!r}: this service cannot add or re-target "
+                              "variants while it runs: restart forescale to apply; keeping "
+                              "the running config")
+        return self.target_factory(v)
+
+    def add_variant(self, v: VariantConfig, origin: str = CONFIG_ORIGIN,
+                    target: ScaleTarget | None = None) -> None:
+        """Start managing `v` (its model is trained by the next `retrain` naming it or the
+        next scheduled pass). A name already managed is refused naming who declared it."""
+        with self._variants_lock:
+            held = self.variants.get(v.name)
+            if held is not None:
+                raise ConfigError(f"variant {v.name!r} is already defined by {held.origin}; "
+                                  f"refusing the one from {origin} (rename one of them)")
+            self.targets[v.name] = target if target is not None else self._make_target(v)
+            self.variants = {**self.variants, v.name: self._runtime(v, origin)}
+            self._notify(v.name, v)
+        self.metrics.ready.set(0)
+        log.info("variant %s added (%s)", v.name, origin)
+
+    def update_variant(self, v: VariantConfig, origin: str = CONFIG_ORIGIN) -> bool:
+        """Apply a changed spec without a restart; True when its model was dropped and must be
+        retrained (`model_inputs` changed). Limits, behaviour, SLO and mode only reconfigure
+        the policy, whose state (stabilisation windows, tuned quantile) carries over."""
+        with self._variants_lock:
+            rt = self.variants.get(v.name)
+            if rt is None or rt.origin != origin:
+                raise ConfigError(f"variant {v.name!r} is not managed for {origin}"
+                                  + (f" (it is defined by {rt.origin})" if rt else ""))
+            old = rt.config
+            if v == old:
+                return False
+            if v.target != old.target or self.config.mode_of(v) != self.config.mode_of(old):
+                self.targets[v.name] = self._make_target(v)
+            rt.config = v
+            rt.capacity = None
+            rt.policy.reconfigure(self.policy_settings(v))
+            self._notify(v.name, v)
+            retrain = model_inputs(v) != model_inputs(old)
+            if retrain:
+                self._drop_model(rt)
+        log.info("variant %s updated (%s)%s", v.name, origin,
+                 "; its model is retrained" if retrain else "")
+        return retrain
+
+    def remove_variant(self, name: str, origin: str = CONFIG_ORIGIN) -> bool:
+        """Stop managing `name`: no reconcile touches it once this returns (a running one is
+        waited for, never cut), its actuator, cached forecasts and metric series are
+        forgotten. Its workload keeps the replicas it has. False if it was not managed for
+        `origin`."""
+        with self._variants_lock:
+            rt = self.variants.get(name)
+            if rt is None or rt.origin != origin:
+                return False
+            self.variants = {n: r for n, r in self.variants.items() if n != name}
+            self.targets.pop(name, None)
+            for key in [k for k in self._forecast_cache if k[0] == name]:
+                self._forecast_cache.pop(key, None)
+            self._forget_metrics(name)
+            self._notify(name, None)
+        self.metrics.ready.set(1 if self.ready() else 0)
+        log.info("variant %s removed (%s); its workload keeps its replicas", name, origin)
+        return True
+
+    def _drop_model(self, rt: VariantRuntime) -> None:
+        rt.model = None
+        rt.model_epoch += 1
+        name = rt.config.name
+        for key in [k for k in self._forecast_cache if k[0] == name]:
+            self._forecast_cache.pop(key, None)
+        self.metrics.ready.set(0)
+
+    def _notify(self, name: str, v: VariantConfig | None) -> None:
+        for listener in self.variant_listeners:
+            listener(name, v)
+
+    def _forget_metrics(self, name: str) -> None:
+        """Remove every series labelled with the variant, and the cached children."""
+        self._children = {k: c for k, c in self._children.items() if name not in k[1]}
+        for metric in vars(self.metrics).values():
+            labelnames = getattr(metric, "_labelnames", ())
+            if "variant" not in labelnames:
+                continue
+            at = labelnames.index("variant")
+            for labels in list(getattr(metric, "_metrics", {})):
+                if labels[at] == name:
+                    metric.remove(*labels)
+
     # ------------------------------------------------------------------ config reload
     def apply_config(self, new: Config) -> bool:
         """Take a new, already validated config; True when models must be retrained.
 
-        The variant set and their Deployments are fixed for the life of the process (new
-        edges need new clients): changing them raises `ConfigError`, and the old config stays.
-        A change to what models depend on (the fingerprint) drops the models at once, so no
-        forecast ever comes from a model trained under another config.
+        Variants added to or removed from the file are added and removed (`target_factory`
+        builds their actuators; without one the set is fixed and a change raises
+        `ConfigError`, keeping the running config); a variant whose name a VariantAutoscaler
+        holds is refused the same way. A change to what every model depends on (step,
+        history, quantiles) drops all models; a change to one variant's `model_inputs` drops
+        that variant's, so no forecast ever comes from a model trained under another config.
         """
-        old = {(v.name, v.target) for v in self.config.variants}
-        now = {(v.name, v.target) for v in new.variants}
-        if old != now:
-            raise ConfigError(f"variants or their deployments changed ({sorted(old ^ now)}): "
-                              "restart forescale to apply; keeping the running config")
-        self.config = new
-        for rt in self.variants.values():
-            rt.config = new.variant(rt.config.name)
-            rt.capacity = None
-            rt.policy.reconfigure(self.policy_settings(rt.config))
-        fingerprint = config_fingerprint(new)
-        if fingerprint == self.fingerprint:
-            return False
-        self.fingerprint = fingerprint
-        for rt in self.variants.values():
-            rt.model = None
-        self._forecast_cache.clear()
-        self.metrics.ready.set(0)
-        return True
+        with self._variants_lock:
+            self._check_reload(new)
+            old_names = {v.name for v in self.config.variants}
+            new_names = {v.name for v in new.variants}
+            everything = _global_model_inputs(new) != _global_model_inputs(self.config)
+            old_config, self.config = self.config, new
+            for name in old_names - new_names:
+                self.remove_variant(name)
+            retrain = everything
+            for rt in self.variants.values():
+                if rt.origin != CONFIG_ORIGIN:
+                    rt.capacity = None  # a global setting may have changed
+                    rt.policy.reconfigure(self.policy_settings(rt.config))
+                elif rt.config.name in new_names:
+                    retrain |= self._reload_variant(rt, new.variant(rt.config.name),
+                                                    old_config)
+            for v in new.variants:
+                if v.name not in old_names:
+                    self.add_variant(v)
+                    retrain = True
+            self.fingerprint = config_fingerprint(new)
+            if everything:
+                for rt in self.variants.values():
+                    self._drop_model(rt)
+        return retrain
+
+    def _check_reload(self, new: Config) -> None:
+        """Refuse (`ConfigError`) a reload that names a variant another origin holds, or
+        changes the variant set or targets when no `target_factory` can build actuators."""
+        old_names = {v.name for v in self.config.variants}
+        new_names = {v.name for v in new.variants}
+        held = {n: self.variants[n].origin for n in new_names - old_names
+                if n in self.variants}
+        if held:
+            raise ConfigError("variants already defined elsewhere: " + ", ".join(
+                f"{n!r} by {o}" for n, o in sorted(held.items()))
+                + "; keeping the running config")
+        changed = [v.name for v in new.variants if v.name in old_names and (
+            v.target != self.config.variant(v.name).target
+            or new.mode_of(v) != self.config.mode_of(self.config.variant(v.name)))]
+        if (new_names != old_names or changed) and self.target_factory is None:
+            raise ConfigError(
+                f"variants or their targets changed ({sorted(old_names ^ new_names)}"
+                f"{', ' + ', '.join(changed) if changed else ''}): "
+                "restart forescale to apply; keeping the running config")
+
+    def _reload_variant(self, rt: VariantRuntime, v: VariantConfig, old: Config) -> bool:
+        """A file variant's new config; True if its model was dropped."""
+        if v.target != rt.config.target or self.config.mode_of(v) != old.mode_of(rt.config):
+            self.targets[v.name] = self._make_target(v)
+        dropped = model_inputs(v) != model_inputs(rt.config)
+        if dropped:
+            self._drop_model(rt)
+        rt.config = v
+        rt.capacity = None
+        rt.policy.reconfigure(self.policy_settings(v))
+        self._notify(v.name, v)
+        return dropped
 
     # ------------------------------------------------------------------ restart safety
     def _restore(self) -> None:
@@ -309,8 +486,10 @@ class Service:
             now = math.floor(self.clock() / step) * step
             start = now - self.config.prometheus.history_days * 86_400
             histories: dict[str, History] = {}
-            due = list(names) if names else [n for n in self.variants
-                                             if self.selection_due(n, now) is not None]
+            variants = self.variants
+            due = [n for n in names if n in variants] if names else [
+                n for n in variants if self.selection_due(n, now) is not None]
+            epochs = {n: variants[n].model_epoch for n in due}
             for name in due:
                 try:
                     h = self.source.history(name, start, now, step)
@@ -325,22 +504,29 @@ class Service:
                     self._child(self.metrics.training_failures, name).inc()
                     continue
                 histories[name] = h
-                self.variants[name].history_gaps = gap_count(h.values)
+                variants[name].history_gaps = gap_count(h.values)
             if not histories:
                 return TrainingReport({}, {}, 0.0)  # nothing due: the models stand
             t0 = time.perf_counter()
-            report = train_models(histories, {n: self.horizon_steps(self.variants[n].config)
+            report = train_models(histories, {n: self.horizon_steps(variants[n].config)
                                               for n in histories},
                                   self.config.forecast, self.fingerprint,
                                   budget_s=self.config.schedules.retrain_budget_s,
                                   previous={n: m for n in histories
-                                            if (m := self.variants[n].model) is not None})
+                                            if (m := variants[n].model) is not None})
             self.metrics.training_duration.observe(time.perf_counter() - t0)
-            for name, model in report.models.items():
-                self.variants[name].model = model
-                self.metrics.record_model(name, model.model_name)
+            with self._variants_lock:
+                for name, model in report.models.items():
+                    rt = self.variants.get(name)
+                    if rt is None or rt.model_epoch != epochs[name]:
+                        log.info("retrain %s: its config changed (or it was removed) while "
+                                 "training; the model is discarded", name)
+                        continue
+                    rt.model = model
+                    self.metrics.record_model(name, model.model_name)
             for name in report.failed:
-                self._child(self.metrics.training_failures, name).inc()
+                if name in self.variants:
+                    self._child(self.metrics.training_failures, name).inc()
             self.generation += 1
             self._forecast_cache.clear()
             self.last_training = report
@@ -388,7 +574,16 @@ class Service:
     # ------------------------------------------------------------------ reconcile
     def reconcile(self) -> list[DecisionRecord]:
         t0 = time.perf_counter()
-        records = [self._reconcile_safely(name) for name in self.variants]
+        records = []
+        for name in list(self.variants):
+            with self._variants_lock:  # a variant removed meanwhile is skipped, never scaled
+                if name in self.variants:
+                    records.append(self._reconcile_safely(name))
+        for listener in self.reconcile_listeners:
+            try:
+                listener(records)
+            except Exception:  # reporting must never stop reconciling
+                log.exception("after-reconcile listener failed")
         self._plan_groups()
         self.persist()
         self.metrics.reconcile_duration.observe(time.perf_counter() - t0)
