@@ -18,13 +18,20 @@ FloatArray = npt.NDArray[np.float64]
 
 
 class NotEnoughHistoryError(ValueError):
-    """Raised when a model needs more samples than the history holds."""
+    """Raised when a model needs more samples than the history holds.
 
-    def __init__(self, model: str, have: int, need: int) -> None:
-        super().__init__(f"{model}: not enough history: have {have}, need {need}")
+    `have` and `need` count valid samples of the whole history; `detail` says which part is
+    short (the fit window, the holdout, the model's own rows), since "need 14" alone reads
+    as if the model needed 14 samples when most of them are the holdout's.
+    """
+
+    def __init__(self, model: str, have: int, need: int, detail: str = "") -> None:
+        msg = f"{model}: not enough history: have {have}, need {need}"
+        super().__init__(f"{msg} ({detail})" if detail else msg)
         self.model = model
         self.have = have
         self.need = need
+        self.detail = detail
 
 
 def check_quantiles(quantiles: Sequence[float]) -> tuple[float, ...]:

@@ -163,14 +163,19 @@ class OriginLosses:
     pinball: FloatArray
 
 
+def holdout_split(n: int, horizon: int) -> int:
+    """Where the holdout starts in a series of length `n`: it takes half the series, and at
+    least the horizon plus ten origins (negative when `n` is shorter than that)."""
+    return n - max(round(n * HOLDOUT_FRACTION), horizon + 10)
+
+
 def holdout_origins(n: int, horizon: int) -> tuple[int, IntArray]:
     """The fit/holdout split point and the holdout origins for a series of length `n`.
 
     Depends only on `n` and `horizon`, so every candidate is scored on the same origins.
     An origin `o` forecasts samples `o+1..o+horizon` from samples `0..o`.
     """
-    n_hold = max(round(n * HOLDOUT_FRACTION), horizon + 10)
-    split = n - n_hold
+    split = holdout_split(n, horizon)
     origins = np.arange(split - 1, n - horizon - 1 + 1, dtype=np.int64)
     origins = origins[origins + horizon < n]
     if origins.shape[0] > MAX_HOLDOUT_ORIGINS:
@@ -261,13 +266,24 @@ class PointForecaster(ABC):
         split, origins = holdout_origins(n, self.horizon)
         n_fit_valid = int(np.isfinite(y[:max(split, 0)]).sum())
         have = int(np.isfinite(y).sum())
-        if split < self.min_fit or n_fit_valid < self.min_fit or origins.size < 5:
-            raise NotEnoughHistoryError(self.name, have, self._history_need(self.min_fit))
+        if split < self.min_fit or origins.size < 5:
+            raise NotEnoughHistoryError(self.name, have, self._history_need(self.min_fit),
+                                        self._holdout_detail(self.min_fit))
+        if n_fit_valid < self.min_fit:
+            raise NotEnoughHistoryError(
+                self.name, have, have + 2 * (self.min_fit - n_fit_valid),
+                f"the fit window, the {split} steps before the holdout, holds {n_fit_valid} "
+                f"valid samples and needs {self.min_fit}: the rest are gaps")
         self._step_s = history.step_s
         try:
             self._fit_params(y[:split], history.start, history.step_s)
         except NotEnoughHistoryError as exc:  # the fit window's need, as the whole history's
-            raise NotEnoughHistoryError(self.name, have, self._history_need(exc.need)) from None
+            # The fit window is about half the history: each sample it lacks is two more.
+            need = max(self._history_need(exc.need), have + 2 * max(0, exc.need - exc.have))
+            what = exc.detail or f"has {exc.have}, needs {exc.need}"
+            raise NotEnoughHistoryError(
+                self.name, have, need,
+                f"its fit window, the {split} steps before the holdout: {what}") from None
         n_cal = max(1, int(origins.shape[0] * SCORE_SPLIT))
         if self.parameter_free:
             first = max(self._first_origin(), int(origins[0]) - max(0, MAX_CAL_ORIGINS - n_cal))
@@ -290,8 +306,20 @@ class PointForecaster(ABC):
 
     def _history_need(self, fit_need: int) -> int:
         """Samples of history for a fit window of `fit_need`: the holdout takes half (and at
-        least the horizon plus ten origins) of the history."""
-        return max(math.ceil(fit_need / (1.0 - HOLDOUT_FRACTION)), fit_need + self.horizon + 10)
+        least the horizon plus ten origins) of the history (`holdout_origins`)."""
+        n = max(math.ceil(fit_need / (1.0 - HOLDOUT_FRACTION)), fit_need + self.horizon + 10)
+        while n > 1 and holdout_split(n - 1, self.horizon) >= fit_need:
+            n -= 1  # the rounding of half the history may allow one sample less
+        while holdout_split(n, self.horizon) < fit_need:
+            n += 1
+        return n
+
+    def _holdout_detail(self, fit_need: int) -> str:
+        """What a history of `_history_need(fit_need)` samples is made of, for the message."""
+        need = self._history_need(fit_need)
+        split = holdout_split(need, self.horizon)
+        return (f"{split} to fit, then {need - split} held out to calibrate and score: half "
+                f"the history, at least the horizon {self.horizon} + 10")
 
     def calibrate(self, hold: Holdout) -> None:
         """Choose absolute or relative errors, score honestly, keep the errors per lead.

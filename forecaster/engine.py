@@ -213,7 +213,8 @@ def trim_leading_missing(history: History) -> History:
 
 def _fallback_reason(sel: Selection, baselines_too: bool) -> str:
     """Why a fallback serves: the budget, a history too short for every candidate (with the
-    have/need of the least demanding one), or failures. `baselines_too`: no candidate
+    have/need of the least demanding one and which part of its history is short: the fit
+    window, the holdout or the model's own rows), or failures. `baselines_too`: no candidate
     at all was fitted, the baselines included."""
     if sel.skipped_for_budget and not sel.failures:
         return "budget exceeded"
@@ -221,8 +222,9 @@ def _fallback_reason(sel: Selection, baselines_too: bool) -> str:
     short = {n: sel.too_short[n] for n in failed if n in sel.too_short}
     what = "any candidate" if baselines_too else "any model"
     if failed and len(short) == len(failed):
-        name, (have, need) = min(sorted(short.items()), key=lambda kv: kv[1][1])
-        return f"not enough history for {what}: have {have}, need {need} ({name})"
+        name, (have, need, detail) = min(sorted(short.items()), key=lambda kv: kv[1][1])
+        why = f"{name}: {detail}" if detail else name
+        return f"not enough history for {what}: have {have}, need {need} ({why})"
     return "every candidate failed" if baselines_too else "every model candidate failed"
 
 

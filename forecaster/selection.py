@@ -119,8 +119,9 @@ class Selection:
     failures: dict[str, str] = field(default_factory=dict)
     fit_seconds: dict[str, float] = field(default_factory=dict)
     skipped_for_budget: list[str] = field(default_factory=list)
-    #: Candidates refused for a short history: name -> (valid samples had, needed).
-    too_short: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: Candidates refused for a short history: name -> (valid samples had, needed, which
+    #: part of the history is short).
+    too_short: dict[str, tuple[int, int, str]] = field(default_factory=dict)
     #: The window (steps) the window-average baseline chose on the calibration origins.
     window_k: int | None = None
 
@@ -241,7 +242,7 @@ def select(history: History, factories: Sequence[Factory], horizon: int,
                 raise ValueError("non-finite holdout scores")
         except NotEnoughHistoryError as exc:
             sel.failures[name] = str(exc)
-            sel.too_short[name] = (exc.have, exc.need)
+            sel.too_short[name] = (exc.have, exc.need, exc.detail)
             continue
         except Exception as exc:  # any model bug must not stop the fleet
             sel.failures[name] = f"{type(exc).__name__}: {exc}"

@@ -79,7 +79,33 @@ def test_short_history_falls_back_to_naive() -> None:
     short = History("s", 0.0, 600, np.array([1.0, 2.0, 3.0]))
     m = train_all({"s": short}, 3, n_jobs=1)["s"]
     assert m.model_name == "naive"
-    assert m.fallback_reason == "not enough history for any candidate: have 3, need 14 (naive)"
+    # The 14 is mostly the holdout's (the horizon + 10 origins), and the reason says so.
+    assert m.fallback_reason == (
+        "not enough history for any candidate: have 3, need 14 (naive: 1 to fit, then 13 "
+        "held out to calibrate and score: half the history, at least the horizon 3 + 10)")
+
+
+def test_the_need_in_the_short_history_reason_is_exactly_enough() -> None:
+    """The number a user is told to wait for: one sample fewer still falls back, that many
+    trains a baseline."""
+    y = np.arange(1.0, 15.0)
+    short = train_all({"s": History("s", 0.0, 600, y[:13])}, 3, n_jobs=1)["s"]
+    enough = train_all({"s": History("s", 0.0, 600, y)}, 3, n_jobs=1, use_global=False)["s"]
+    assert "have 13, need 14" in (short.fallback_reason or "")
+    assert enough.model_name in {"naive", "window_average"}
+    assert "any candidate" not in (enough.fallback_reason or "")
+
+
+def test_a_fit_window_of_gaps_is_named_as_what_is_short() -> None:
+    """900 valid samples, but the fit window (before the holdout) is one long outage: the
+    reason used to read "have 910, need 40 (blend)", which contradicts itself."""
+    y = np.ones(2000)
+    y[10:1100] = np.nan
+    m = train_all({"s": History("s", 0.0, 600, y)}, 3, n_jobs=1, use_global=False)["s"]
+    reason = m.fallback_reason or ""
+    assert reason.startswith("not enough history for any model: have 910, need 930 (blend:")
+    assert "the fit window, the 1000 steps before the holdout, holds 10 valid samples" in reason
+    assert "the rest are gaps" in reason
 
 
 def test_train_all_records_choice_window_and_scores_in_parallel() -> None:
