@@ -262,6 +262,8 @@ class VariantOut(BaseModel):
                                          "for, in (0, 1)")
     headroom: str = Field(description="How the provisioning quantile was chosen "
                           "(calibrated or feedback)")
+    origin: str = Field(description="Who declares the variant: config (the file) or "
+                        "VariantAutoscaler <namespace>/<name>")
 
 
 class _DecisionFields(BaseModel):
@@ -416,7 +418,8 @@ def _variant_out(service: Service, name: str) -> VariantOut:
     v = rt.config
     last = rt.last
     return VariantOut(
-        name=name, deployment=f"{v.target.namespace}/{v.target.name}", state=rt.state,
+        name=name, origin=rt.origin,
+        deployment=f"{v.target.namespace}/{v.target.name}", state=rt.state,
         model=rt.model.model_name if rt.model else None,
         current_replicas=last.current if last else None,
         desired_replicas=last.desired if last else None,

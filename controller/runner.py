@@ -32,9 +32,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from controller.actuators import DryRunTarget, MetricTarget
 from controller.api import create_app, load_token
-from controller.config import ActuationMode, Config, ConfigError, load_config
+from controller.config import ActuationMode, Config, ConfigError, VariantConfig, load_config
 from controller.metrics import ForescaleMetrics
-from controller.protocols import MetricsSource, ScaleTarget
+from controller.protocols import ScaleTarget
 from controller.service import Service
 from controller.sources import TraceClock, TraceSource
 from controller.state import ConfigMapStateStore, FileStateStore, StateStore
@@ -63,6 +63,8 @@ EXIT_GRACE_S = 2.0
 SHUTDOWN_TOTAL_S = HTTP_DRAIN_S + SHUTDOWN_BUDGET_S + EXIT_GRACE_S
 #: Seconds the Lease release may take (it is one read and one write).
 RELEASE_TIMEOUT_S = 5.0
+#: Seconds the VariantAutoscaler watches and trainer get to stop (a watch is cut at once).
+WATCH_STOP_S = 3.0
 
 
 class JobGate:
@@ -223,7 +225,8 @@ class ConfigWatcher:
             new = load_config(self.path)
             retrain = self.service.apply_config(new)
         except ConfigError as exc:
-            outcome = "refused" if "restart forescale" in str(exc) else "invalid"
+            refused = "restart forescale" in str(exc) or "already defined" in str(exc)
+            outcome = "refused" if refused else "invalid"
             log.error("config reload %s: %s", outcome, exc)
             counter.labels(outcome).inc()
             return outcome
@@ -288,51 +291,102 @@ def prometheus_source(config: Config, metrics: ForescaleMetrics) -> Any:
     return PrometheusSource(config.prometheus, config.variants, on_outcome=count)
 
 
+class Actuators:
+    """The actuators of production variants by mode, for the file's variants and for those
+    added while running: one scale-subresource actuator (made on first need, its API client
+    shared with leader election, the state store and the VariantAutoscaler controller), a
+    dry-run record, metric publishers. `follow` keeps them and the metrics source in step
+    with the service's variant set."""
+
+    def __init__(self, metrics: ForescaleMetrics, source: Any) -> None:
+        self.metrics = metrics
+        self.source = source
+        self.kube: Any = None
+        self.dry = DryRunTarget({})
+
+    def kube_target(self) -> Any:
+        if self.kube is None:
+            from controller.k8s import KubernetesScaleTarget, make_api_client
+
+            self.kube = KubernetesScaleTarget(make_api_client(None, None), {})
+        return self.kube
+
+    @staticmethod
+    def ref(v: VariantConfig) -> Any:
+        from controller.k8s import ScaleTargetRef
+
+        t = v.target
+        return ScaleTargetRef(t.namespace, t.api_version, t.kind, t.name)
+
+    def make(self, v: VariantConfig, mode: ActuationMode) -> ScaleTarget:
+        if mode is ActuationMode.SCALE:
+            self.kube_target()
+        if self.kube is not None:
+            self.kube.set_target(v.name, self.ref(v))
+        if mode is ActuationMode.SCALE:
+            return self.kube  # type: ignore[no-any-return]
+        if mode is ActuationMode.METRIC:
+            return MetricTarget(self.metrics, current=self.kube,
+                                initial={v.name: max(v.min_replicas, 1)})
+        self.dry.replicas.setdefault(v.name, max(v.min_replicas, 1))
+        return _ReadOnly(self.kube, self.dry) if self.kube is not None else self.dry
+
+    def follow(self, name: str, v: VariantConfig | None) -> None:
+        """A `Service.variant_listeners` entry."""
+        if v is not None:
+            self.source.variants[name] = v
+            return
+        self.source.variants.pop(name, None)
+        self.dry.replicas.pop(name, None)
+        if self.kube is not None:
+            self.kube.remove_target(name)
+
+    def check_target(self, v: VariantConfig) -> None:
+        """Raise if discovery cannot resolve the variant's target to a scalable resource."""
+        self.kube_target().resolve(self.ref(v))
+
+
 def build_production(config: Config, metrics: ForescaleMetrics | None = None,
                      config_path: Path | None = None) -> Runtime:
-    """Prometheus source, per-variant actuators by mode, optional leader election."""
+    """Prometheus source, per-variant actuators by mode, optional leader election, and the
+    VariantAutoscaler controller when `kubernetes.custom_resources.enabled`."""
     metrics = metrics or ForescaleMetrics()
-    source: MetricsSource = prometheus_source(config, metrics)
-    targets: dict[str, ScaleTarget] = {}
+    act = Actuators(metrics, prometheus_source(config, metrics))
     hooks: list[Callable[[], None]] = []
-    kube: Any = None
-    modes = {v.name: config.mode_of(v) for v in config.variants}
-    if ActuationMode.SCALE in modes.values() or config.leader_election.enabled \
-            or config.state.backend == "configmap":
-        from controller.k8s import KubernetesScaleTarget, ScaleTargetRef, make_api_client
-
-        api_client = make_api_client(None, None)
-        kube = KubernetesScaleTarget(api_client, {
-            v.name: ScaleTargetRef(v.target.namespace, v.target.api_version, v.target.kind,
-                                   v.target.name) for v in config.variants})
-    dry = DryRunTarget({v.name: max(v.min_replicas, 1) for v in config.variants})
-    for v in config.variants:
-        mode = modes[v.name]
-        if mode is ActuationMode.SCALE:
-            targets[v.name] = kube
-        elif mode is ActuationMode.METRIC:
-            targets[v.name] = MetricTarget(metrics, current=kube,
-                                           initial={v.name: max(v.min_replicas, 1)})
-        else:
-            targets[v.name] = kube if kube is not None else dry
-            if kube is not None:
-                targets[v.name] = _ReadOnly(kube, dry)
+    crd = config.kubernetes.custom_resources
+    if ActuationMode.SCALE in {config.mode_of(v) for v in config.variants} \
+            or config.leader_election.enabled or config.state.backend == "configmap" \
+            or crd.enabled:
+        act.kube_target()
+    targets = {v.name: act.make(v, config.mode_of(v)) for v in config.variants}
     is_leader: Callable[[], bool] = lambda: True  # noqa: E731
     if config.leader_election.enabled:
         from controller.leader import LeaderElector
 
         le = config.leader_election
-        elector = LeaderElector(kube.api_client, le.lease_namespace, le.lease_name,
-                                identity=_identity(), lease_duration=le.lease_duration_s,
+        elector = LeaderElector(act.kube_target().api_client, le.lease_namespace,
+                                le.lease_name, identity=_identity(),
+                                lease_duration=le.lease_duration_s,
                                 renew_deadline=le.renew_deadline_s,
                                 retry_period=le.retry_period_s)
         elector.start()
         # Bounded: a release stuck on a slow API server must not eat the grace period.
         hooks.append(lambda: elector.stop(timeout=RELEASE_TIMEOUT_S))
         is_leader = lambda: elector.is_leader  # noqa: E731
-    store = _state_store(config, kube.api_client if kube is not None else None)
-    service = Service(config, source, targets, metrics=metrics, is_leader=is_leader,
+    store = _state_store(config, act.kube.api_client if act.kube is not None else None)
+    service = Service(config, act.source, targets, metrics=metrics, is_leader=is_leader,
                       state_store=store)
+    service.target_factory = lambda v: act.make(v, service.config.mode_of(v))
+    service.variant_listeners.append(act.follow)
+    if crd.enabled:
+        from controller.crd import VariantAutoscalerController
+
+        controller = VariantAutoscalerController(
+            act.kube_target().api_client, service, namespaces=crd.namespaces,
+            resync_s=crd.resync_s, check_target=act.check_target)
+        controller.start()
+        # First, so no variant changes while the state is saved and the Lease released.
+        hooks.insert(0, lambda: controller.stop(timeout=WATCH_STOP_S))
     gate = JobGate()
     return Runtime(service, schedule(service, config_path=config_path, gate=gate), gate=gate,
                    stop_hooks=hooks)
