@@ -170,6 +170,9 @@ VOLATILITY_HALFLIFE_S = 1800.0
 VOLATILITY_CLIP = math.log(4.0)
 CONTEXT_GROUPS = 3
 MIN_GROUP_WINDOWS = 48
+#: ... and the record must span a day: volatility follows the day's rhythm, and groups cut
+#: from a few hours of 1-minute windows would be cut from one regime.
+MIN_GROUP_SPAN_S = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -530,7 +533,8 @@ class QuantileCalibrator:
         """Grid columns and quantiles per volatility group, or None (one group, too few
         windows per group, no spread in the volatility, or no choice within budget)."""
         n = prov.shape[0]
-        if self.groups < 2 or n < self.groups * MIN_GROUP_WINDOWS:
+        if self.groups < 2 or n < self.groups * MIN_GROUP_WINDOWS \
+                or n * self.model.window_s < MIN_GROUP_SPAN_S:
             return None
         ctx = self._contexts()
         edges = np.quantile(ctx, np.arange(1, self.groups) / self.groups)

@@ -288,15 +288,18 @@ class VariantPolicy:
                 qs = nowcast(qs, rate, now - fc.issued_at, fc.step_s,
                              self.settings.metrics_window_s)
             return DemandForecast(fc.issued_at, fc.step_s, qs), f"model {fc.model}", False
-        why = "reactive fallback: forecast worse than the naive baseline recently"
+        why = "reactive fallback: forecast worse than the best naive baseline recently"
         if rate is None or 0.5 not in qs:
             return None, why, False
         # Reactive mode: centred on the live load (the naive forecast that beat the model),
         # with the model's spread above its median kept as the headroom.
         median = qs[0.5]
-        centred = {q: np.maximum(rate + v - median, 0.0) for q, v in qs.items()}
+        level = self.accuracy.centre(rate)
+        centred = {q: np.maximum(level + v - median, 0.0) for q, v in qs.items()}
+        where = (f"the live load {rate:.3g} req/s" if level == rate else
+                 f"{self.accuracy.best_baseline} {level:.3g} req/s (the best baseline)")
         return (DemandForecast(fc.issued_at, fc.step_s, centred),
-                f"{why}; centred on the live load {rate:.3g} req/s", True)
+                f"{why}; centred on {where}", True)
 
     def step(self, now: float, current: int, live: LiveSignals | None,
              forecast: Forecast | None, observed: tuple[float, float] | None = None,

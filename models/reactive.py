@@ -92,33 +92,57 @@ def reactive_floor(signals: LiveSignals | None, current: int,
     return max(min(n, 2 * base), ready), f"overload: {why}"
 
 
+#: The window averages the accuracy fallback holds the model against, beside naive: the
+#: mean of the last k completed windows, for each k here.
+WINDOW_AVERAGE_KS = (3, 6, 12)
+
+
 @dataclass
 class AccuracyTracker:
-    """Rolling comparison of the forecast against the naive baseline on realised load.
+    """Rolling comparison of the forecast against the best of the naive baselines on
+    realised load.
 
-    When the model's recent error exceeds the baseline's by `margin`, the policy centres the
-    forecast on the live load (keeping the model's spread, so the calibrated headroom stays)
-    until it recovers; misses (actual above the provisioned quantile) are counted.
+    The baselines are naive (the last completed window) and window averages (the mean of
+    the last k windows, `WINDOW_AVERAGE_KS`): a noisy series around a level is forecast
+    better by an average than by its last value, and a model that cannot beat that average
+    should not be trusted either. When the model's recent error exceeds the best baseline's
+    by `margin`, the policy centres the forecast on that baseline (the live load for naive,
+    keeping the model's spread, so the calibrated headroom stays) until it recovers; misses
+    (actual above the provisioned quantile) are counted.
     """
 
-    #: Windows scored, and how much worse than naive the model must be over them: a model
-    #: about as good as naive (bursty series) keeps its calibrated quantiles; only a model
-    #: clearly worse (a broken fit, a regime change) hands over to the naive centre.
+    #: Windows scored, and how much worse than the best baseline the model must be over
+    #: them: a model about as good (bursty series) keeps its calibrated quantiles; only a
+    #: model clearly worse (a broken fit, a regime change) hands over to the baseline.
     window: int = 48
     margin: float = 1.2
     min_samples: int = 12
 
     def __post_init__(self) -> None:
-        self._pending: dict[float, tuple[float, float, float]] = {}
-        self._errors: deque[tuple[float, float, float]] = deque(maxlen=self.window)
+        self._pending: dict[float, tuple[float, float, dict[str, float]]] = {}
+        self._errors: deque[tuple[float, dict[str, float], float]] = deque(maxlen=self.window)
+        #: Loads of the windows scored so far, newest last (for the window averages).
+        self._loads: deque[float] = deque(maxlen=max(WINDOW_AVERAGE_KS))
         self.fallback_active = False
+        #: The baseline with the least error over the window ("naive" before any score).
+        self.best_baseline = "naive"
         self.misses = 0
         #: (provisioned, actual) of the most recently scored window.
         self.last_scored: tuple[float, float] | None = None
 
+    def baselines(self, last: float) -> dict[str, float]:
+        """Each baseline's forecast of the next window, `last` being the newest load."""
+        loads = [*self._loads, last]
+        out = {"naive": last}
+        for k in WINDOW_AVERAGE_KS:
+            if len(loads) >= k:
+                out[f"window_average({k})"] = sum(loads[-k:]) / k
+        return out
+
     def expect(self, ts: float, p50: float, provisioned: float, naive: float) -> None:
-        """Remember what was predicted for the window starting at `ts`."""
-        self._pending.setdefault(ts, (p50, provisioned, naive))
+        """Remember what was predicted for the window starting at `ts`, and what each
+        baseline predicts from the newest completed window's load (`naive`)."""
+        self._pending.setdefault(ts, (p50, provisioned, self.baselines(naive)))
         if len(self._pending) > 4 * self.window:
             for old in sorted(self._pending)[: len(self._pending) - 4 * self.window]:
                 del self._pending[old]
@@ -126,18 +150,36 @@ class AccuracyTracker:
     def observe(self, ts: float, actual: float) -> bool:
         """Score the forecast for window `ts`; returns True if it was a miss."""
         pred = self._pending.pop(ts, None)
+        if math.isfinite(actual):
+            self._loads.append(actual)
         if pred is None or not math.isfinite(actual):
             return False
-        p50, provisioned, naive = pred
+        p50, provisioned, base = pred
         self.last_scored = (provisioned, actual)
-        self._errors.append((abs(p50 - actual), abs(naive - actual), actual))
+        self._errors.append((abs(p50 - actual),
+                             {k: abs(v - actual) for k, v in base.items()}, actual))
         miss = actual > provisioned
         self.misses += int(miss)
         if len(self._errors) >= self.min_samples:
             model_err = sum(e[0] for e in self._errors)
-            naive_err = sum(e[1] for e in self._errors)
-            self.fallback_active = model_err > self.margin * naive_err and model_err > 0
+            # A baseline counts once it has forecast every window of the record.
+            totals: dict[str, float] = {}
+            for name in self._errors[-1][1]:
+                if all(name in e[1] for e in self._errors):
+                    totals[name] = sum(e[1][name] for e in self._errors)
+            self.best_baseline = min(totals, key=lambda k: (totals[k], k))
+            best = totals[self.best_baseline]
+            self.fallback_active = model_err > self.margin * best and model_err > 0
         return miss
+
+    def centre(self, live_rps: float) -> float:
+        """Where the fallback centres demand: the live load when naive is the best
+        baseline, else that window average of the completed windows."""
+        if self.best_baseline == "naive" or not self._loads:
+            return live_rps
+        k = int(self.best_baseline.split("(")[1].rstrip(")"))
+        loads = list(self._loads)[-k:]
+        return sum(loads) / len(loads)
 
     @property
     def error_ratio(self) -> float:
