@@ -1,0 +1,145 @@
+"""The Service's variant set changing while it runs: what the VariantAutoscaler controller and
+a reloaded config file rely on (fixed clock, in-memory load, dry-run actuators)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from controller.actuators import DryRunTarget
+from controller.config import ConfigError, VariantConfig, parse_config
+from controller.metrics import ForescaleMetrics
+from controller.service import Service
+from forecaster.base import History
+from tests.test_service import T0, ArraySource, daily_load, service_config
+
+NOW = T0 + 3 * 86_400
+
+
+def variant(name: str, **changes: Any) -> VariantConfig:
+    return VariantConfig.model_validate({
+        "name": name, "deployment": {"namespace": "llm", "name": name},
+        "profile": {"capacity_rps": 10.0, "cold_start_s": 120}, "max_replicas": 40,
+        **changes})
+
+
+def make() -> tuple[Service, DryRunTarget]:
+    dry = DryRunTarget({"v": 5})
+    svc = Service(service_config(), ArraySource(daily_load()), {"v": dry},
+                  clock=lambda: NOW, metrics=ForescaleMetrics())
+
+    def factory(v: VariantConfig) -> DryRunTarget:
+        dry.replicas.setdefault(v.name, 1)
+        return dry
+
+    svc.target_factory = factory
+    return svc, dry
+
+
+def test_an_added_variant_is_trained_and_decided_for_and_a_second_name_is_refused() -> None:
+    svc, _ = make()
+    svc.add_variant(variant("w"), "VariantAutoscaler llm/w")
+    svc.retrain(["v"])
+    assert not svc.ready()  # until the new one has a model too
+    svc.retrain(["w"])
+    assert svc.ready() and svc.variants["w"].model is not None
+    (_, rec) = svc.reconcile()
+    assert rec.variant == "w" and rec.desired is not None and rec.desired > 1
+    with pytest.raises(ConfigError, match="'w' is already defined by VariantAutoscaler "
+                                          "llm/w; refusing the one from config"):
+        svc.add_variant(variant("w"))
+
+
+def test_a_limit_change_keeps_the_model_and_a_query_change_retrains() -> None:
+    svc, _ = make()
+    svc.add_variant(variant("w"), "cr")
+    svc.retrain()
+    model = svc.variants["w"].model
+    assert not svc.update_variant(variant("w", max_replicas=2), "cr")
+    assert svc.variants["w"].model is model
+    assert svc.reconcile()[1].desired == 2  # the next decision obeys the new max
+    assert svc.update_variant(variant("w", max_replicas=2, selector='model_name="x"'), "cr")
+    assert svc.variants["w"].model is None and svc.variants["v"].model is not None
+    with pytest.raises(ConfigError, match="not managed for config"):
+        svc.update_variant(variant("w"))
+
+
+class EditingSource(ArraySource):
+    """Changes the variant's query while its history is being read for a retrain."""
+
+    svc: Service
+
+    def history(self, name: str, start: float, end: float, step_s: int) -> History:
+        if name == "w" and self.svc.variants["w"].config.selector == "":
+            self.svc.update_variant(variant("w", selector='model_name="new"'), "cr")
+        return super().history(name, start, end, step_s)
+
+
+def test_a_model_trained_under_a_spec_changed_meanwhile_is_discarded() -> None:
+    source = EditingSource(daily_load())
+    svc = Service(service_config(), source, {"v": DryRunTarget({"v": 5})},
+                  clock=lambda: NOW, metrics=ForescaleMetrics())
+    source.svc = svc
+    svc.add_variant(variant("w"), "cr", target=DryRunTarget({"w": 1}))
+    svc.retrain(["w"])
+    assert svc.variants["w"].model is None  # trained on the old query: not installed
+    svc.retrain(["w"])
+    assert svc.variants["w"].model is not None
+
+
+def test_a_removed_variant_is_never_scaled_again_and_its_series_are_gone() -> None:
+    from prometheus_client import generate_latest
+
+    svc, dry = make()
+    svc.add_variant(variant("w"), "cr")
+    svc.retrain()
+    svc.reconcile()
+    assert 'variant="w"' in generate_latest(svc.metrics.registry).decode()
+    assert not svc.remove_variant("w", "config")  # not the config's to remove
+    assert svc.remove_variant("w", "cr")
+    applied = len(dry.applied)
+    records = svc.reconcile()
+    assert [r.variant for r in records] == ["v"]
+    assert all(a[0] != "w" for a in dry.applied[applied:])
+    assert 'variant="w"' not in generate_latest(svc.metrics.registry).decode()
+    assert svc.ready()
+
+
+def test_a_reloaded_file_adds_and_removes_variants_and_keeps_other_models() -> None:
+    svc, _ = make()
+    svc.retrain()
+    model = svc.variants["v"].model
+    raw = service_config().model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["variants"].append(variant("w").model_dump(mode="json", by_alias=True,
+                                                   exclude_none=True))
+    assert svc.apply_config(parse_config(raw))  # the new variant needs training
+    assert set(svc.variants) == {"v", "w"} and svc.variants["v"].model is model
+    raw["variants"] = raw["variants"][1:]
+    svc.apply_config(parse_config(raw))
+    assert set(svc.variants) == {"w"}
+
+
+def test_without_a_target_factory_the_variant_set_is_fixed() -> None:
+    svc = Service(service_config(), ArraySource(np.ones(10)), {"v": DryRunTarget({"v": 5})},
+                  clock=lambda: NOW, metrics=ForescaleMetrics())
+    with pytest.raises(ConfigError, match="restart forescale"):
+        svc.add_variant(variant("w"))
+    raw = service_config().model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["variants"].append(variant("w").model_dump(mode="json", by_alias=True,
+                                                   exclude_none=True))
+    with pytest.raises(ConfigError, match="restart forescale"):
+        svc.apply_config(parse_config(raw))
+    assert set(svc.variants) == {"v"}
+
+
+def test_a_file_variant_named_like_a_resource_is_refused_on_reload() -> None:
+    svc, _ = make()
+    svc.add_variant(variant("w"), "VariantAutoscaler llm/w")
+    raw = service_config().model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["variants"].append(variant("w").model_dump(mode="json", by_alias=True,
+                                                   exclude_none=True))
+    with pytest.raises(ConfigError, match="'w' by VariantAutoscaler llm/w"):
+        svc.apply_config(parse_config(raw))
+    assert svc.variants["w"].origin == "VariantAutoscaler llm/w"
