@@ -18,8 +18,13 @@ It serves only what forescale relies on, and follows the Kubernetes API referenc
   `deploy/rbac.yaml` shows up as the same 403 a cluster would give.
 - Fault injection, settable at runtime: latency, the next N responses as 500/429/409/..., and
   connection drops (the socket is closed without a response).
+- CustomResourceDefinitions: structural schemas (types, required, defaults, pruning, a CEL
+  subset of `x-kubernetes-validations`), the status and scale subresources, discovery, and
+  list + watch of any served resource with resourceVersions (a version older than the kept
+  history gets the watch cache's `410 Expired` ERROR event).
 
-Known simplifications, on purpose: there is no watch, no admission, no garbage collection, and
+Known simplifications, on purpose: no admission webhooks, no garbage collection, no watch
+bookmarks, and
 the Deployment controller is "instant" - `status` follows `spec.replicas` in the same write (a
 real cluster would write status separately, later). Strategic merge patch is applied as a JSON
 merge patch, which is exact for the fields forescale patches (no lists are involved).
