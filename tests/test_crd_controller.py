@@ -27,6 +27,8 @@ from controller.service import Service
 from tests.support.k8s_emulator import K8sEmulator, k8s_api  # noqa: F401  (the fixture)
 from tests.test_service import T0, ArraySource, daily_load
 
+pytestmark = pytest.mark.integration  # starts the API emulator
+
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT / "deploy" / "kubernetes" / "crds"
 GROUP, VERSION, PLURAL = "forescale.io", "v1alpha1", "variantautoscalers"
