@@ -246,7 +246,13 @@ class VariantOut(BaseModel):
     min_replicas: int = Field(description="Configured floor, replicas")
     max_replicas: int = Field(description="Configured ceiling, replicas")
     capacity_rps_at_slo: float | None = Field(description="Requests/s one replica serves "
-                                              "within the SLO")
+                                              "within the SLO, as decisions use it: the "
+                                              "profile's, corrected by the live fleet")
+    capacity_profile_rps: float | None = Field(description="Requests/s one replica serves "
+                                               "within the SLO by the profile alone")
+    capacity_correction: str = Field(description="How the live fleet corrected the "
+                                     "profile's capacity (bounded to 0.5-1.5x), and on what "
+                                     "evidence")
     cold_start_s: float = Field(description="Time from ordering a replica to it serving, "
                                 "seconds: the p90 measured on this cluster once three "
                                 "scale-ups are on record, the configured value before")
@@ -424,7 +430,11 @@ def _variant_out(service: Service, name: str) -> VariantOut:
         current_replicas=last.current if last else None,
         desired_replicas=last.desired if last else None,
         min_replicas=v.min_replicas, max_replicas=v.max_replicas,
-        capacity_rps_at_slo=service.capacity(rt).rps, cold_start_s=rt.policy.cold_start_s,
+        capacity_rps_at_slo=rt.policy.capacity_rps,
+        capacity_profile_rps=service.capacity(rt).rps,
+        capacity_correction=rt.policy.capacity_reason if v.profile.correct_online
+        else "off (profile.correct_online: false): the profile's capacity as measured",
+        cold_start_s=rt.policy.cold_start_s,
         cold_start_configured_s=v.profile.cold_start_s,
         cold_start=rt.policy.cold_start.explain(),
         gpu_type=v.profile.gpu_type, gpus_per_replica=v.profile.gpus_per_replica,

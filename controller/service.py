@@ -677,7 +677,7 @@ class Service:
             ttft_slack_s=v.slo.ttft_p95_s - v.profile.base_ttft_s, interval_s=interval,
             gpus_per_replica=v.profile.gpus_per_replica,
             gpu_hourly_usd=v.profile.gpu_hourly_usd,
-            step_s=self.config.prometheus.step_s,
+            step_s=self.config.prometheus.step_s, correct_capacity=v.profile.correct_online,
             hold_follows_cold_start=b.scale_down is None
             or b.scale_down.stabilization_window_seconds is None)
 

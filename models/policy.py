@@ -28,6 +28,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from forecaster.base import FloatArray, Forecast
+from models.capacity import (
+    CorrectionConfig,
+    CorrectionState,
+    FleetObservation,
+    correct_capacity,
+)
 from models.coldstart import MAX_COLD_START_S, ColdStartEstimator
 from models.decide import (
     Decision,
@@ -46,6 +52,7 @@ from models.headroom import (
     calibrator_for,
     shortfall_model,
 )
+from models.profile import SLO
 from models.reactive import AccuracyTracker, ReactiveTargets, reactive_floor
 from models.signals import LiveSignals
 
@@ -76,6 +83,9 @@ class PolicySettings:
     #: of the measured cold start and this (the break-even hold), as the cold start moves.
     step_s: int = 60
     hold_follows_cold_start: bool = False
+    #: Let the live fleet correct the profile's capacity (`models.capacity.correct_capacity`:
+    #: saturated or at-the-edge fleets show what a replica really serves), within bounds.
+    correct_capacity: bool = True
 
     def shortfall(self, step_s: float, cold_start_s: float) -> ShortfallModel:
         """How a window short of capacity turns into missed requests (for the calibrator):
@@ -112,8 +122,8 @@ def nowcast(qs: dict[float, FloatArray], live_rps: float, elapsed_s: float, step
     return out
 
 
-def interval_misses(live: LiveSignals | None, ready: int, settings: PolicySettings
-                    ) -> tuple[float, float | None]:
+def interval_misses(live: LiveSignals | None, ready: int, settings: PolicySettings,
+                    capacity_rps: float | None = None) -> tuple[float, float | None]:
     """(requests, missed requests) of the interval ending now, from the live signals.
 
     The wait a request meets is the queue over the ready fleet's service rate (what a TTFT
@@ -123,7 +133,7 @@ def interval_misses(live: LiveSignals | None, ready: int, settings: PolicySettin
     if live is None or live.request_rate is None or not math.isfinite(live.request_rate):
         return 0.0, None
     requests = live.request_rate * settings.interval_s
-    serving = ready * settings.capacity_rps
+    serving = ready * (settings.capacity_rps if capacity_rps is None else capacity_rps)
     if live.queue_depth is not None and math.isfinite(live.queue_depth):
         wait = live.queue_depth / serving if serving > 0 else (
             math.inf if live.queue_depth > 0 else 0.0)
@@ -158,15 +168,76 @@ class VariantPolicy:
         self._level_qs: dict[float, FloatArray] = {}
         #: Decisions the overload floor raised above the forecast's need.
         self.floor_decisions = 0
+        #: The live fleet's correction of the profile's capacity, and what it rests on.
+        self.capacity_state = CorrectionState()
+        self.capacity_reason = "profile's capacity (no saturated or at-the-edge fleet seen)"
+        self._last_queue: tuple[float, float] | None = None
+        self._slo_for: PolicySettings | None = None
+        self._slo_cache = SLO()
 
     # ------------------------------------------------------------------ configuration
     def reconfigure(self, settings: PolicySettings) -> None:
         """New settings (a config reload); the state carries over. The calibrator is rebuilt
         at the next forecast if its shortfall model changed."""
+        if settings.capacity_rps != self.settings.capacity_rps:
+            # A new profile is a new measurement: the old correction was relative to the old.
+            self.capacity_state = CorrectionState()
+            self.capacity_reason = "profile's capacity (profile changed; correction reset)"
         self.settings = settings
         self.cold_start.prior_s = settings.cold_start_s
         self.headroom.attainment_target = settings.attainment_target + CALIBRATION_MARGIN * (
             1.0 - settings.attainment_target)
+
+    def _slo(self) -> SLO:
+        """The SLO the capacity correction judges latency by (built once per settings)."""
+        if self._slo_for is not self.settings:
+            self._slo_cache = SLO(ttft_p95_s=self.settings.reactive.ttft_slo_s,
+                                  attainment_target=self.settings.attainment_target)
+            self._slo_for = self.settings
+        return self._slo_cache
+
+    @property
+    def capacity_rps(self) -> float:
+        """Requests/s one replica serves at the SLO: the profile's, as the live fleet has
+        corrected it."""
+        if not self.settings.correct_capacity:
+            return self.settings.capacity_rps
+        return self.settings.capacity_rps * self.capacity_state.factor
+
+    def _observe_capacity(self, now: float, live: LiveSignals | None) -> None:
+        """Feed the fleet's served throughput and latency to the capacity correction.
+
+        Served throughput is the arrival rate less the queue's growth since the last step
+        (arrivals that waited were not served); a TTFT at or over the SLO makes it a measure
+        of what the ready replicas can do, a TTFT well within it only a lower bound. A slow
+        TTFT without a queue (long prompts at low load, a cold cache) says nothing about
+        capacity and is not fed: taken as capacity it would shrink the estimate to the low
+        throughput of the moment, and nothing at the larger fleet that follows would ever
+        raise it again.
+        """
+        s = self.settings
+        if not s.correct_capacity or live is None or live.request_rate is None \
+                or live.ready_replicas is None or live.ttft_p95_s is None:
+            return
+        rate = live.request_rate
+        queue = live.queue_depth
+        served = rate
+        if queue is not None and math.isfinite(queue):
+            if self._last_queue is not None and now > self._last_queue[0]:
+                served = rate - (queue - self._last_queue[1]) / (now - self._last_queue[0])
+            self._last_queue = (now, queue)
+        if not math.isfinite(served) or served <= 0:
+            return
+        slo = self._slo()
+        saturated = queue is not None and math.isfinite(queue) and queue >= max(1.0, served)
+        if live.ttft_p95_s >= CorrectionConfig().edge_fraction * slo.ttft_p95_s \
+                and not saturated:
+            return
+        obs = FleetObservation(live.ready_replicas, served, live.ttft_p95_s)
+        out = correct_capacity(s.capacity_rps, obs, slo, self.capacity_state)
+        self.capacity_state = out.state
+        if out.evidence != "none":
+            self.capacity_reason = out.explanation
 
     @property
     def cold_start_s(self) -> float:
@@ -311,12 +382,16 @@ class VariantPolicy:
         ready = live.ready_replicas if live is not None and live.ready_replicas is not None \
             else current
         self.cold_start.observe(now, live.ready_replicas if live is not None else None)
-        requests, missed = interval_misses(live, ready, s)
+        self._observe_capacity(now, live)
+        cap = self.capacity_rps
+        requests, missed = interval_misses(live, ready, s, cap)
         self.headroom.record(now, requests, missed)
-        floor, floor_why = reactive_floor(live, current, s.reactive)
+        floor, floor_why = reactive_floor(
+            live, current, s.reactive if cap == s.reactive.capacity_rps
+            else replace(s.reactive, capacity_rps=cap))
         demand, source, reactive = self._demand(now, live, forecast, observed, why)
         state = self.scaling_state(current)
-        decision = decide(demand, s.capacity_rps, self.cold_start_s, self.scaling_policy(),
+        decision = decide(demand, cap, self.cold_start_s, self.scaling_policy(),
                           state, now,
                           reactive_floor=floor, floor_why=floor_why,
                           quantile=self.quantile,

@@ -86,6 +86,12 @@ class VariantProfile(BaseModel):
                     "enables the queueing estimate for profiles with few points")
     curve: tuple[PerfPoint, ...] = ()
     provenance: str = Field(default="illustrative", description="Where the figures come from")
+    correct_online: bool = Field(
+        default=True,
+        description="Let the live fleet correct this capacity within 0.5-1.5x: replicas "
+                    "that queue show what one really serves, replicas serving more than the "
+                    "profile within the SLO show it serves at least that; false trusts the "
+                    "profile as measured")
 
     @field_validator("curve", mode="after")
     @classmethod

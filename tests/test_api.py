@@ -125,6 +125,10 @@ def test_variants_lists_config_and_state(url: str) -> None:
     small = names["servegen-m-small"]
     assert small["state"] == "predictive" and small["actuation"] == "dry-run"
     assert small["deployment"] == "llm/m-small" and small["capacity_rps_at_slo"] > 0
+    # The capacity decisions use, the profile's, and how the live fleet moved one from the other.
+    assert small["capacity_profile_rps"] > 0
+    assert 0.5 <= small["capacity_rps_at_slo"] / small["capacity_profile_rps"] <= 1.5
+    assert small["capacity_correction"]
 
 
 def test_plan_has_a_decision_with_reasons_and_cost(url: str) -> None:

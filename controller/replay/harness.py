@@ -292,10 +292,17 @@ def _with_cold_start(config: Config, cold_start_s: float) -> Config:
 
 def plan(config: Config, traces: Mapping[str, TraceSeries], *, source: str = "",
          assumed_fleet: bool = False, arrivals: Arrivals = "poisson", seed: int = 0,
-         warmup_s: float = 0.0) -> ReplayPlan:
+         warmup_s: float = 0.0, fleet_capacity_factor: float = 1.0) -> ReplayPlan:
     """Arrivals on one simulation clock for every variant, and a warm start each policy
     shares: enough ready replicas for the first cold start's demand, so no policy is scored
-    on a start-up it could not have influenced."""
+    on a start-up it could not have influenced.
+
+    `fleet_capacity_factor`: the simulated replicas serve this many times what the profile
+    says (0.8: the profile is 25% optimistic), to see what a wrong profile costs and what
+    the online capacity correction recovers; the peers and the oracle see the real fleet."""
+    if not 0.1 <= fleet_capacity_factor <= 10.0:
+        raise ReplayError(f"fleet_capacity_factor must be within 0.1-10, got "
+                          f"{fleet_capacity_factor!r}")
     missing = [v.name for v in config.variants if v.name not in traces]
     if missing:
         raise ReplayError(f"the config's variants {missing} are not series of the trace "
@@ -319,6 +326,10 @@ def plan(config: Config, traces: Mapping[str, TraceSeries], *, source: str = "",
     for v in config.variants:
         t = chosen[v.name]
         fleet = fleet_for(v.profile, v.slo.ttft_p95_s, v.slo.attainment_target)
+        if fleet_capacity_factor != 1.0:
+            fleet = replace(fleet, capacity_rps=fleet.capacity_rps * fleet_capacity_factor,
+                            ttft_curve=tuple((x * fleet_capacity_factor, y)
+                                             for x, y in fleet.ttft_curve))
         arr = arrivals_per_step(t.requests[:n], t.step_s, dt, arrivals, seed)
         per = round(t.step_s / dt)
         miss = np.repeat(~np.isfinite(t.requests[:n]), per)
@@ -565,7 +576,8 @@ def run_replay(path: str | Path, series: Sequence[str] = (), *,
                ttft_slo_s: float = 5.0, policies: Sequence[str] = POLICIES,
                iso_slo: bool = False, progress: Callable[[str], None] | None = None,
                seed: int = 0, arrivals: Arrivals = "poisson",
-               warmup_s: float = 0.0, workers: int = WORKERS) -> list[ReplayResult]:
+               warmup_s: float = 0.0, workers: int = WORKERS,
+               fleet_capacity_factor: float = 1.0) -> list[ReplayResult]:
     """Replay a trace file (the CLI's entry point). With `config`, every variant of it, each
     named after a series; without, one variant per `series` with every default and the
     profile at `profile_path` (or an assumed fleet). `cold_start_s` overrides profiles."""
@@ -596,7 +608,7 @@ def run_replay(path: str | Path, series: Sequence[str] = (), *,
     if cold_start_s is not None:
         cfg = _with_cold_start(cfg, cold_start_s)
     p = plan(cfg, traces, source=str(path), assumed_fleet=assumed, arrivals=arrivals,
-             seed=seed, warmup_s=warmup_s)
+             seed=seed, warmup_s=warmup_s, fleet_capacity_factor=fleet_capacity_factor)
     return replay_plan(p, policies, iso_slo, progress, workers)
 
 
