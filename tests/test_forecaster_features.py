@@ -14,6 +14,8 @@ from forecaster.calibrated import NaivePoint
 from forecaster.combination import Combination
 from forecaster.models_lgbm import (
     LAGS,
+    LGBMForecaster,
+    Windows,
     build_features,
     feature_scale,
     fit_many,
@@ -22,6 +24,7 @@ from forecaster.models_lgbm import (
     training_rows,
 )
 from forecaster.models_stats import LevelBlend
+from forecaster.prep import trailing_scale
 
 floats = st.floats(min_value=0.0, max_value=1e4, allow_nan=False)
 
@@ -161,3 +164,31 @@ def test_a_young_variant_contributes_its_own_fit_window_to_the_global_booster() 
     rng = np.random.default_rng(4)
     y = np.concatenate((np.full(4000, np.nan), 50 + rng.normal(0, 3, 2000)))
     assert fit_many_booster({"young": History("young", 0.0, 60, y)}, 5) is not None
+
+
+def test_the_feature_scale_is_the_trailing_scale_of_prep() -> None:
+    """`Windows.scale` reads only the indices it is asked for; it must give the values of
+    `prep.trailing_scale` (gaps carried forward, idle floored) at every index."""
+    rng = np.random.default_rng(5)
+    y = rng.gamma(2.0, 50.0, 5000)
+    y[rng.random(5000) < 0.05] = np.nan
+    y[1000:1100] = np.nan  # a stretch longer than the window: the mean is carried forward
+    y[2000:2500] = 0.0  # idle: the floor
+    for window, floor in ((6, 0.0), (30, 2.5)):
+        np.testing.assert_allclose(
+            Windows(y).scale(np.arange(5000, dtype=np.int64), window, floor),
+            trailing_scale(y, window, floor), rtol=1e-9)
+
+
+def test_a_forecast_served_from_the_buffer_is_the_one_from_the_whole_history() -> None:
+    """The buffer kept after the fit covers every feature the booster learnt from (the
+    weekly ramp reads a week back): a day's buffer left the weekly and older daily ramps
+    unknown in every served forecast while the holdout scored them known."""
+    rng = np.random.default_rng(6)
+    t = np.arange(22 * 144)
+    y = 100 + 40 * np.sin(2 * np.pi * t / 144) + 20 * (t // 144 % 7 == 5) + rng.normal(0, 5,
+                                                                                      t.size)
+    h = History("v", 0.0, 600, y)
+    model = LGBMForecaster(3).fit(h)
+    full = model._paths(y, 0.0, 600, np.array([y.shape[0] - 1], dtype=np.int64), 3)[0]
+    np.testing.assert_allclose(model.point(3), full, rtol=1e-12)
