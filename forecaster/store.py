@@ -21,8 +21,9 @@ from forecaster.engine import TrainedModel
 
 log = logging.getLogger(__name__)
 
-#: Bump when the pickled layout of TrainedModel or the models changes.
-FORMAT_VERSION = 2
+#: Bump when the pickled layout of TrainedModel or the models changes. 3: LightGBM's
+#: features changed (a booster stored by 2 has fewer columns and would fail every predict).
+FORMAT_VERSION = 3
 
 
 def _path(directory: Path, variant: str) -> Path:

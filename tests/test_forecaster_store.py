@@ -10,7 +10,7 @@ import pytest
 
 from forecaster.base import History
 from forecaster.engine import config_fingerprint, train_all
-from forecaster.store import load, load_all, save_all
+from forecaster.store import FORMAT_VERSION, load, load_all, save_all
 
 
 def series() -> History:
@@ -44,3 +44,21 @@ def test_model_for_another_config_is_refused(tmp_path: Path,
 def test_corrupt_file_means_retrain_not_crash(tmp_path: Path) -> None:
     (tmp_path / "v.joblib").write_bytes(b"not a pickle")
     assert load(tmp_path, "v", "x") is None
+
+
+def test_a_model_stored_by_an_older_format_is_refused(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A booster stored before LightGBM's features changed has fewer columns than the
+    features built now and would fail every forecast: the file is refused (a retrain
+    follows), never served."""
+    import joblib
+
+    fp = config_fingerprint({"horizon": 6})
+    models = train_all({"llama/70b": series()}, 6, n_jobs=1, fingerprint=fp, use_global=False)
+    (path,) = save_all(models, tmp_path)
+    stored = joblib.load(path)
+    assert stored["header"]["version"] == FORMAT_VERSION == 3
+    joblib.dump({**stored, "header": {**stored["header"], "version": 2}}, path)
+    with caplog.at_level(logging.WARNING):
+        assert load(tmp_path, "llama/70b", fp) is None
+    assert "format version 2" in caplog.text
