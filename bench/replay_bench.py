@@ -15,7 +15,7 @@ command, peers included), and `--scale` replays N variants x D days at 1-minute 
 (copies of the minute-level NASA trace shifted by a day each) through one Service.
 
     python bench/replay_bench.py [--data DIR] [--series NAME ...] [--cold-starts 120,300]
-                                 [--scale 10x14] [--quick]
+                                 [--scale 10x14] [--quick] [--profile-error] [--no-series]
 """
 
 from __future__ import annotations
@@ -137,6 +137,32 @@ def speed_scale(data: Path, variants: int, days: int, console: Console) -> None:
                   f"{statistics.median(r.vs_oracle('forescale') or 0 for r in res):.2f}")
 
 
+def profile_error(data: Path, name: str, cold: float, console: Console) -> None:
+    """What a profile 20% wrong either way costs, with the online capacity correction on
+    and off: the simulated replicas serve 0.8x / 1.2x what the profile says; the oracle sees
+    the real fleet."""
+    path = data / "servegen_per_10min.csv.gz"
+    trace = read_trace(path, [name])[name]
+    table = Table(title=f"a wrong profile ({name}, {cold:.0f} s cold start): the real "
+                        "replicas serve this many times the profile's capacity")
+    for col in ("real / profile", "correction", "SLO", "GPU-h / oracle", "util", "seconds"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for factor in (0.8, 1.0, 1.2):
+        for on in (True, False):
+            cfg = config_for_series(trace, None, 0.99, 5.0)
+            v = cfg.variants[0]
+            v = v.model_copy(update={"profile": v.profile.model_copy(
+                update={"correct_online": on, "cold_start_s": cold})})
+            t0 = time.perf_counter()
+            res = run_replay(path, config=cfg.model_copy(update={"variants": [v]}),
+                             policies=("forescale", "oracle"), fleet_capacity_factor=factor)[0]
+            f = res.policies["forescale"]
+            table.add_row(f"{factor:.1f}", "on" if on else "off", f"{f.slo_attainment:.2%}",
+                          _f(res.vs_oracle("forescale"), ".2f"), f"{f.utilisation:.0%}",
+                          f"{time.perf_counter() - t0:.0f}")
+    console.print(table)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path,
@@ -145,6 +171,10 @@ def main() -> None:
     ap.add_argument("--cold-starts", default="300,120")
     ap.add_argument("--scale", default="", help="NxD: N variants x D days at 1 min")
     ap.add_argument("--quick", action="store_true", help="300 s and m-mid only")
+    ap.add_argument("--profile-error", action="store_true",
+                    help="also replay m-mid at 300 s with a profile 20%% wrong either way, "
+                         "the online capacity correction on and off")
+    ap.add_argument("--no-series", action="store_true", help="skip the per-series table")
     args = ap.parse_args()
     console = Console(width=240)
     colds = [float(c) for c in args.cold_starts.split(",") if c]
@@ -152,8 +182,11 @@ def main() -> None:
     if args.quick:
         colds, names = [300.0], ["servegen-m-mid"]
     t0 = time.perf_counter()
-    results = run_series(args.data, names, colds, console)
-    summary(results, console)
+    if not args.no_series:
+        results = run_series(args.data, names, colds, console)
+        summary(results, console)
+    if args.profile_error:
+        profile_error(args.data, "servegen-m-mid", 300.0, console)
     if args.scale:
         v, d = (int(x) for x in args.scale.lower().split("x"))
         speed_scale(args.data, v, d, console)
