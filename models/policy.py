@@ -173,6 +173,8 @@ class VariantPolicy:
         self.capacity_reason = "profile's capacity (no saturated or at-the-edge fleet seen)"
         self._last_queue: tuple[float, float] | None = None
         self._slo_for: PolicySettings | None = None
+        self._held_key: tuple[PolicySettings, float] | None = None
+        self._held = settings.scaling
         self._slo_cache = SLO()
 
     # ------------------------------------------------------------------ configuration
@@ -254,8 +256,13 @@ class VariantPolicy:
         hold = min(break_even_hold_s(self.cold_start_s, s.step_s), MAX_COLD_START_S)
         if b.scale_down.stabilisation_s == hold:
             return s.scaling
-        return replace(s.scaling, behaviour=replace(b, scale_down=replace(
-            b.scale_down, stabilisation_s=hold)))
+        # Built once per settings and hold: it is asked for twice a reconcile.
+        if self._held_key is None or self._held_key[0] is not s \
+                or self._held_key[1] != hold:
+            self._held = replace(s.scaling, behaviour=replace(b, scale_down=replace(
+                b.scale_down, stabilisation_s=hold)))
+            self._held_key = (s, hold)
+        return self._held
 
     @property
     def quantile(self) -> float:
