@@ -333,7 +333,8 @@ class RetrainResponse(BaseModel):
 
 class Health(BaseModel):
     status: str = Field(description="ok, ready or warming-up")
-    detail: dict[str, str] = Field(default={}, description="variant -> what it is waiting for")
+    detail: dict[str, str] = Field(default={}, description="variant -> what it is waiting "
+                                   "for (variants without a model yet)")
 
 
 # ---------------------------------------------------------------------- handlers' bodies
@@ -498,11 +499,14 @@ def _retrain(service: Service, variant: str | None) -> RetrainResponse:
 
 
 def _readyz(service: Service) -> Response:
-    missing = [n for n, rt in service.variants.items() if rt.model is None]
-    if missing:
+    """503 until the variants the process started with have a model (`Service.ready`); then
+    200, listing in `detail` the variants still warming up (added while running), which are
+    decided reactively meanwhile and do not take the API out of its Service."""
+    warming = service.warming_up()
+    if not service.ready():
         return JSONResponse(status_code=503, content=Health(
-            status="warming-up", detail={n: "no model yet" for n in missing}).model_dump())
-    return JSONResponse(content=Health(status="ready").model_dump())
+            status="warming-up", detail=warming).model_dump())
+    return JSONResponse(content=Health(status="ready", detail=warming).model_dump())
 
 
 class PngRenderer:
@@ -697,10 +701,11 @@ def _probes(service: Service) -> APIRouter:
         return Health(status="ok")
 
     @probes.get("/readyz", response_model=Health,
-                responses={503: {"model": Health, "description": "Some variant has no model "
-                                 "yet"}})
+                responses={503: {"model": Health, "description": "A variant the process "
+                                 "started with has no model yet"}})
     async def readyz() -> Response:
-        """Readiness: every variant has a model or a fallback."""
+        """Readiness: the variants the process started with have a model or a fallback
+        (variants added while it runs warm up without affecting it; `detail` lists them)."""
         return _readyz(service)
 
     @probes.get("/metrics", response_class=Response,

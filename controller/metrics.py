@@ -76,8 +76,8 @@ class ForescaleMetrics:
                                       registry=r)
         self.is_leader = Gauge("forescale_leader", "1 if this instance may actuate", registry=r)
         self._reasons: dict[str, tuple[str, ...]] = {}
-        self.ready = Gauge("forescale_ready", "1 once every variant has a model or fallback",
-                           registry=r)
+        self.ready = Gauge("forescale_ready", "1 once the variants present at start-up have "
+                           "a model or fallback (as /readyz)", registry=r)
 
     def record_reasons(self, variant: str, codes: tuple[str, ...]) -> None:
         """Replace the variant's reason labels: old reasons must not linger as 1. Unchanged

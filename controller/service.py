@@ -205,7 +205,13 @@ class Service:
             self.variants[name].model = model
             self.metrics.record_model(name, model.model_name)
             log.info("serving %s with persisted model %s", name, model.model_name)
-        self.metrics.ready.set(1 if self.ready() else 0)
+        #: The variants readiness waits for: those the process started with. A variant added
+        #: later (a new VariantAutoscaler, a reloaded file) warms up on its own, reported by
+        #: `warming_up`, /variants and its object's status, never by taking this process out
+        #: of its Service.
+        self._startup_variants = frozenset(self.variants)
+        self._ready = False
+        self._export_ready()
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """A labelled child of a metric, looked up once: `labels()` takes a lock and builds
@@ -242,7 +248,6 @@ class Service:
             self.targets[v.name] = target if target is not None else self._make_target(v)
             self.variants = {**self.variants, v.name: self._runtime(v, origin)}
             self._notify(v.name, v)
-        self.metrics.ready.set(0)
         log.info("variant %s added (%s)", v.name, origin)
 
     def update_variant(self, v: VariantConfig, origin: str = CONFIG_ORIGIN) -> bool:
@@ -285,7 +290,7 @@ class Service:
                 self._forecast_cache.pop(key, None)
             self._forget_metrics(name)
             self._notify(name, None)
-        self.metrics.ready.set(1 if self.ready() else 0)
+        self._export_ready()
         log.info("variant %s removed (%s); its workload keeps its replicas", name, origin)
         return True
 
@@ -295,7 +300,6 @@ class Service:
         name = rt.config.name
         for key in [k for k in self._forecast_cache if k[0] == name]:
             self._forecast_cache.pop(key, None)
-        self.metrics.ready.set(0)
 
     def _notify(self, name: str, v: VariantConfig | None) -> None:
         for listener in self.variant_listeners:
@@ -530,13 +534,34 @@ class Service:
             self.generation += 1
             self._forecast_cache.clear()
             self.last_training = report
-            self.metrics.ready.set(1 if self.ready() else 0)
+            self._export_ready()
             return report
         finally:
             self._train_lock.release()
 
     def ready(self) -> bool:
-        return all(rt.model is not None for rt in self.variants.values())
+        """Whether this process can do its job: every variant it started with has a model (or
+        a fallback). Once true it stays true: a variant added later, or whose model a spec
+        change dropped, warms up on its own (`warming_up`) while the others are served, so
+        adding one VariantAutoscaler never takes every replica's API out of its Service at
+        once. Variants removed since start-up are not waited for; a process that started
+        with none (all its variants are VariantAutoscalers) is ready at once."""
+        if not self._ready:
+            variants = self.variants
+            self._ready = all(variants[n].model is not None
+                              for n in self._startup_variants if n in variants)
+        return self._ready
+
+    def warming_up(self) -> dict[str, str]:
+        """Variants without a model yet, and why: what readiness does not wait for (or, before
+        the process is ready, what it waits for)."""
+        return {n: ("no model yet" if n in self._startup_variants
+                    else f"no model yet (added while running, by {rt.origin}): decided "
+                    "reactively until its first training ends")
+                for n, rt in self.variants.items() if rt.model is None}
+
+    def _export_ready(self) -> None:
+        self.metrics.ready.set(1 if self.ready() else 0)
 
     # ------------------------------------------------------------------ forecasting
     def forecast(self, name: str, horizon: int | None = None,

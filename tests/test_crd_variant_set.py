@@ -40,11 +40,16 @@ def make() -> tuple[Service, DryRunTarget]:
 
 def test_an_added_variant_is_trained_and_decided_for_and_a_second_name_is_refused() -> None:
     svc, _ = make()
+    assert not svc.ready() and svc.warming_up() == {"v": "no model yet"}
     svc.add_variant(variant("w"), "VariantAutoscaler llm/w")
     svc.retrain(["v"])
-    assert not svc.ready()  # until the new one has a model too
+    # The process is ready once what it started with is served; the newcomer warms up on
+    # its own, said per variant, not by taking the whole API out of its Service.
+    assert svc.ready() and svc.metrics.registry.get_sample_value("forescale_ready") == 1
+    assert list(svc.warming_up()) == ["w"]
+    assert "added while running, by VariantAutoscaler llm/w" in svc.warming_up()["w"]
     svc.retrain(["w"])
-    assert svc.ready() and svc.variants["w"].model is not None
+    assert svc.ready() and svc.variants["w"].model is not None and not svc.warming_up()
     (_, rec) = svc.reconcile()
     assert rec.variant == "w" and rec.desired is not None and rec.desired > 1
     with pytest.raises(ConfigError, match="'w' is already defined by VariantAutoscaler "
@@ -62,6 +67,7 @@ def test_a_limit_change_keeps_the_model_and_a_query_change_retrains() -> None:
     assert svc.reconcile()[1].desired == 2  # the next decision obeys the new max
     assert svc.update_variant(variant("w", max_replicas=2, selector='model_name="x"'), "cr")
     assert svc.variants["w"].model is None and svc.variants["v"].model is not None
+    assert svc.ready() and list(svc.warming_up()) == ["w"]
     with pytest.raises(ConfigError, match="not managed for config"):
         svc.update_variant(variant("w"))
 
@@ -143,3 +149,26 @@ def test_a_file_variant_named_like_a_resource_is_refused_on_reload() -> None:
     with pytest.raises(ConfigError, match="'w' by VariantAutoscaler llm/w"):
         svc.apply_config(parse_config(raw))
     assert svc.variants["w"].origin == "VariantAutoscaler llm/w"
+
+
+def test_readyz_stays_200_while_a_variant_added_at_runtime_trains() -> None:
+    """Both forescale replicas see a new VariantAutoscaler at once: a readiness that waited
+    for its model would take the API out of its Service on every replica until it trained."""
+    import httpx
+
+    from controller.api import create_app
+    from tests.support.http import serve_app
+
+    svc, _ = make()
+    with serve_app(create_app(svc, token=None)) as url:
+        r = httpx.get(f"{url}/readyz")
+        assert (r.status_code, r.json()["detail"]) == (503, {"v": "no model yet"})
+        svc.retrain()
+        svc.add_variant(variant("w"), "VariantAutoscaler llm/w")
+        r = httpx.get(f"{url}/readyz")
+        assert r.status_code == 200 and r.json()["status"] == "ready"
+        assert list(r.json()["detail"]) == ["w"]
+        (w,) = [x for x in httpx.get(f"{url}/variants").json() if x["name"] == "w"]
+        assert w["state"] == "warming-up"
+        svc.retrain(["w"])
+        assert httpx.get(f"{url}/readyz").json() == {"status": "ready", "detail": {}}
