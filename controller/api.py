@@ -357,10 +357,10 @@ def _known(service: Service, variant: str, parameter: str = "variant") -> list[s
     """The variants a name stands for: itself, or a group's members; 422 otherwise."""
     if variant in service.variants:
         return [variant]
-    for g in service.config.groups:
+    for g in service.groups:
         if g.name == variant:
             return list(g.variants)
-    names = sorted(service.variants) + [g.name for g in service.config.groups]
+    names = sorted(service.variants) + [g.name for g in service.groups]
     raise _bad(parameter, variant, f"{variant!r} is not a configured variant or group; "
                f"known: {', '.join(names)}")
 
@@ -471,7 +471,7 @@ def _group_plans(service: Service) -> list[GroupPlan]:
     if a is None:
         return []
     out = []
-    for g in service.config.groups:
+    for g in service.groups:
         out.append(GroupPlan(
             name=g.name, routing=dict(a.routing.get(g.name, {})),
             replicas={n: int(a.replicas.get(n, 0)) for n in g.variants},

@@ -384,6 +384,9 @@ class VariantGroup(_Strict):
     name: str = Field(min_length=1)
     variants: list[str] = Field(min_length=2)
     quality_floor: float = Field(default=0.0, ge=0, le=1)
+    gpu_quotas: dict[str, GpuCount] = Field(
+        default_factory=dict, description="Most GPUs per GPU type the group's members may "
+        "use together; the global gpu_quotas still apply on top")
 
 
 class Schedules(_Strict):

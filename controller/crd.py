@@ -406,8 +406,8 @@ class VariantAutoscalerController:
             return
         try:
             if held is None:
-                self.service.add_variant(v, origin)
-                self._train.put(v.name)
+                if self.service.add_variant(v, origin):  # no model stored for its inputs
+                    self._train.put(v.name)
             elif self.service.update_variant(v, origin):
                 self._train.put(v.name)  # its model's inputs changed
         except (ConfigError, PermanentError) as exc:

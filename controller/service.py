@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from controller.config import Config, ConfigError, VariantConfig
+from controller.config import Config, ConfigError, VariantConfig, VariantGroup
 from controller.metrics import ForescaleMetrics
 from controller.protocols import (
     LiveSignals,
@@ -33,8 +33,11 @@ from controller.training import (
     ServedModel,
     TrainingReport,
     config_fingerprint,
+    global_model_inputs,
     load_models,
+    model_inputs,
     train_models,
+    variant_fingerprint,
 )
 from forecaster.base import Forecast, History
 from models.capacity import CapacityEstimate, capacity_at_slo
@@ -135,20 +138,6 @@ class VariantRuntime:
         return self.policy.accuracy
 
 
-def model_inputs(v: VariantConfig) -> tuple[str, float]:
-    """What a variant's trained model depends on beyond the global forecast settings: the
-    series it learnt (the requests query with its selector) and the cold start its horizon
-    covers. A change to anything else (limits, behaviour, SLO, mode, live signals) only
-    reconfigures the policy."""
-    return (v.signals.requests.replace("$selector", v.label_selector), v.profile.cold_start_s)
-
-
-def _global_model_inputs(c: Config) -> tuple[Any, ...]:
-    """The config fields every model depends on (see `training.config_fingerprint`)."""
-    return (c.prometheus.step_s, c.prometheus.history_days,
-            tuple(sorted({*c.forecast.quantiles, c.forecast.provisioning_quantile})))
-
-
 class Service:
     """Holds the per-variant runtime and runs retrain and reconcile passes.
 
@@ -173,6 +162,8 @@ class Service:
         self.is_leader = is_leader
         #: Credit line for plots of the data source (a trace's licence), if any.
         self.attribution = ""
+        #: Hash of the settings every model depends on; each model is stored under its
+        #: variant's own fingerprint (`fingerprint_of`).
         self.fingerprint = config_fingerprint(config)
         self._variants_lock = threading.RLock()
         self.variants: dict[str, VariantRuntime] = {
@@ -199,12 +190,12 @@ class Service:
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         #: The last plan for variant groups (routing weights, unserved demand), if any.
         self.allocation: Allocation | None = None
+        #: Groups declared while running (VariantGroup objects): name -> (group, origin).
+        self._runtime_groups: dict[str, tuple[VariantGroup, str]] = {}
         self._restore()
-        for name, model in load_models(config.forecast.model_dir, list(self.variants),
-                                       self.fingerprint).items():
-            self.variants[name].model = model
-            self.metrics.record_model(name, model.model_name)
-            log.info("serving %s with persisted model %s", name, model.model_name)
+        for name, model in load_models(config.forecast.model_dir, {
+                n: self.fingerprint_of(rt.config) for n, rt in self.variants.items()}).items():
+            self._install_persisted(self.variants[name], model)
         #: The variants readiness waits for: those the process started with. A variant added
         #: later (a new VariantAutoscaler, a reloaded file) warms up on its own, reported by
         #: `warming_up`, /variants and its object's status, never by taking this process out
@@ -223,6 +214,26 @@ class Service:
         return child
 
     # ------------------------------------------------------------------ variant set
+    def fingerprint_of(self, v: VariantConfig) -> str:
+        """What the variant's model is stored and reloaded under (`variant_fingerprint`)."""
+        return variant_fingerprint(self.config, v)
+
+    def _load_persisted(self, rt: VariantRuntime) -> bool:
+        """Serve the variant with the model an earlier process stored for its current inputs,
+        if there is one; True if installed (it need not be trained now)."""
+        found = load_models(self.config.forecast.model_dir,
+                            {rt.config.name: self.fingerprint_of(rt.config)})
+        model = found.get(rt.config.name)
+        if model is None:
+            return False
+        self._install_persisted(rt, model)
+        return True
+
+    def _install_persisted(self, rt: VariantRuntime, model: ServedModel) -> None:
+        rt.model = model
+        self.metrics.record_model(rt.config.name, model.model_name)
+        log.info("serving %s with persisted model %s", rt.config.name, model.model_name)
+
     def _runtime(self, v: VariantConfig, origin: str) -> VariantRuntime:
         return VariantRuntime(v, VariantPolicy(
             self.policy_settings(v),
@@ -237,23 +248,30 @@ class Service:
         return self.target_factory(v)
 
     def add_variant(self, v: VariantConfig, origin: str = CONFIG_ORIGIN,
-                    target: ScaleTarget | None = None) -> None:
-        """Start managing `v` (its model is trained by the next `retrain` naming it or the
-        next scheduled pass). A name already managed is refused naming who declared it."""
+                    target: ScaleTarget | None = None) -> bool:
+        """Start managing `v`, served at once by the model an earlier process stored for the
+        same inputs (`fingerprint_of`) if `forecast.model_dir` has one; True when it has no
+        model and must be trained (by the next `retrain` naming it or the next scheduled
+        pass). A name already managed is refused naming who declared it."""
         with self._variants_lock:
             held = self.variants.get(v.name)
             if held is not None:
                 raise ConfigError(f"variant {v.name!r} is already defined by {held.origin}; "
                                   f"refusing the one from {origin} (rename one of them)")
             self.targets[v.name] = target if target is not None else self._make_target(v)
-            self.variants = {**self.variants, v.name: self._runtime(v, origin)}
+            rt = self._runtime(v, origin)
+            loaded = self._load_persisted(rt)
+            self.variants = {**self.variants, v.name: rt}
             self._notify(v.name, v)
-        log.info("variant %s added (%s)", v.name, origin)
+        log.info("variant %s added (%s)%s", v.name, origin,
+                 "; served by its persisted model" if loaded else "")
+        return not loaded
 
     def update_variant(self, v: VariantConfig, origin: str = CONFIG_ORIGIN) -> bool:
         """Apply a changed spec without a restart; True when its model was dropped and must be
-        retrained (`model_inputs` changed). Limits, behaviour, SLO and mode only reconfigure
-        the policy, whose state (stabilisation windows, tuned quantile) carries over."""
+        retrained (`model_inputs` changed and no model is stored for the new ones). Limits,
+        behaviour, SLO and mode only reconfigure the policy, whose state (stabilisation
+        windows, tuned quantile) carries over."""
         with self._variants_lock:
             rt = self.variants.get(v.name)
             if rt is None or rt.origin != origin:
@@ -271,6 +289,7 @@ class Service:
             retrain = model_inputs(v) != model_inputs(old)
             if retrain:
                 self._drop_model(rt)
+                retrain = not self._load_persisted(rt)  # e.g. an edit undone
         log.info("variant %s updated (%s)%s", v.name, origin,
                  "; its model is retrained" if retrain else "")
         return retrain
@@ -292,6 +311,55 @@ class Service:
             self._notify(name, None)
         self._export_ready()
         log.info("variant %s removed (%s); its workload keeps its replicas", name, origin)
+        return True
+
+    # ------------------------------------------------------------------ groups
+    @property
+    def groups(self) -> list[VariantGroup]:
+        """Every group planned: the file's, then those declared while running."""
+        return [*self.config.groups, *(g for g, _ in self._runtime_groups.values())]
+
+    def group_of(self, name: str) -> VariantGroup | None:
+        """The group the variant belongs to, if any (a variant is in at most one)."""
+        return next((g for g in self.groups if name in g.variants), None)
+
+    def set_group(self, g: VariantGroup, origin: str) -> None:
+        """Plan `g` from the next reconcile on, replacing the group of that name `origin`
+        declared before (its members, quality floor and quotas), without a restart. Refused
+        (`ConfigError`, keeping what runs) when the name is the file's or another origin's,
+        a member is not a managed variant, or a member is already in another group."""
+        with self._variants_lock:
+            if any(f.name == g.name for f in self.config.groups):
+                raise ConfigError(f"group {g.name!r} is already defined by config; refusing "
+                                  f"the one from {origin} (rename one of them)")
+            held = self._runtime_groups.get(g.name)
+            if held is not None and held[1] != origin:
+                raise ConfigError(f"group {g.name!r} is already defined by {held[1]}; "
+                                  f"refusing the one from {origin} (rename one of them)")
+            unknown = [n for n in g.variants if n not in self.variants]
+            if unknown:
+                raise ConfigError(f"group {g.name!r}: members {unknown} are not managed "
+                                  "variants")
+            for n in g.variants:
+                other = self.group_of(n)
+                if other is not None and other.name != g.name:
+                    raise ConfigError(f"group {g.name!r}: variant {n!r} is already in group "
+                                      f"{other.name!r}")
+            changed = held is None or held[0] != g
+            self._runtime_groups = {**self._runtime_groups, g.name: (g, origin)}
+        if changed:
+            log.info("group %s set (%s): %s", g.name, origin, ", ".join(g.variants))
+
+    def remove_group(self, name: str, origin: str) -> bool:
+        """Stop planning the group `origin` declared: its members are planned independently
+        from the next reconcile. False if `origin` declares no such group."""
+        with self._variants_lock:
+            held = self._runtime_groups.get(name)
+            if held is None or held[1] != origin:
+                return False
+            self._runtime_groups = {n: e for n, e in self._runtime_groups.items()
+                                    if n != name}
+        log.info("group %s removed (%s); its members are planned independently", name, origin)
         return True
 
     def _drop_model(self, rt: VariantRuntime) -> None:
@@ -332,7 +400,7 @@ class Service:
             self._check_reload(new)
             old_names = {v.name for v in self.config.variants}
             new_names = {v.name for v in new.variants}
-            everything = _global_model_inputs(new) != _global_model_inputs(self.config)
+            everything = global_model_inputs(new) != global_model_inputs(self.config)
             old_config, self.config = self.config, new
             for name in old_names - new_names:
                 self.remove_variant(name)
@@ -346,12 +414,12 @@ class Service:
                                                     old_config)
             for v in new.variants:
                 if v.name not in old_names:
-                    self.add_variant(v)
-                    retrain = True
+                    retrain |= self.add_variant(v)
             self.fingerprint = config_fingerprint(new)
             if everything:
                 for rt in self.variants.values():
                     self._drop_model(rt)
+                    self._load_persisted(rt)  # stored under these settings before, if ever
         return retrain
 
     def _check_reload(self, new: Config) -> None:
@@ -361,8 +429,10 @@ class Service:
         new_names = {v.name for v in new.variants}
         held = {n: self.variants[n].origin for n in new_names - old_names
                 if n in self.variants}
+        held.update({g.name: self._runtime_groups[g.name][1] for g in new.groups
+                     if g.name in self._runtime_groups})
         if held:
-            raise ConfigError("variants already defined elsewhere: " + ", ".join(
+            raise ConfigError("variants or groups already defined elsewhere: " + ", ".join(
                 f"{n!r} by {o}" for n, o in sorted(held.items()))
                 + "; keeping the running config")
         changed = [v.name for v in new.variants if v.name in old_names and (
@@ -385,7 +455,7 @@ class Service:
         rt.capacity = None
         rt.policy.reconfigure(self.policy_settings(v))
         self._notify(v.name, v)
-        return dropped
+        return dropped and not self._load_persisted(rt)
 
     # ------------------------------------------------------------------ restart safety
     def _restore(self) -> None:
@@ -514,7 +584,9 @@ class Service:
             t0 = time.perf_counter()
             report = train_models(histories, {n: self.horizon_steps(variants[n].config)
                                               for n in histories},
-                                  self.config.forecast, self.fingerprint,
+                                  self.config.forecast,
+                                  {n: self.fingerprint_of(variants[n].config)
+                                   for n in histories},
                                   budget_s=self.config.schedules.retrain_budget_s,
                                   previous={n: m for n in histories
                                             if (m := variants[n].model) is not None})
@@ -604,12 +676,12 @@ class Service:
             with self._variants_lock:  # a variant removed meanwhile is skipped, never scaled
                 if name in self.variants:
                     records.append(self._reconcile_safely(name))
-        for listener in self.reconcile_listeners:
+        self._plan_groups()
+        for listener in self.reconcile_listeners:  # after the plan: they report it too
             try:
                 listener(records)
             except Exception:  # reporting must never stop reconciling
                 log.exception("after-reconcile listener failed")
-        self._plan_groups()
         self.persist()
         self.metrics.reconcile_duration.observe(time.perf_counter() - t0)
         self.metrics.is_leader.set(1 if self.is_leader() else 0)
@@ -618,41 +690,78 @@ class Service:
     def _plan_groups(self) -> None:
         """Routing weights and unserved demand for substitutable variants, at least cost
         under the GPU quotas (MILP, greedy fallback). Advisory: each variant's replicas still
-        come from its own decision pipeline; the router applies the weights."""
-        if not self.config.groups:
-            return
-        groups = []
-        for g in self.config.groups:
+        come from its own decision pipeline; the router applies the weights.
+
+        Groups without quotas of their own are planned together under the global quotas;
+        each group with its own is planned after them, within its quotas and what the global
+        ones have left. A member no longer managed is left out (a group left with fewer than
+        two is not planned until its declaration catches up)."""
+        variants = self.variants
+        planned: list[tuple[VariantGroup, GroupDemand]] = []
+        for g in self.groups:
+            members = [n for n in g.variants if n in variants]
+            if len(members) < 2:
+                continue
             options, demand = [], 0.0
-            for n in g.variants:
-                rt = self.variants[n]
+            for n in members:
+                rt = variants[n]
                 d = rt.last_decision
                 if d is not None and math.isfinite(d.demand):
                     demand += d.demand
                 options.append(VariantOption.from_profile(
                     n, rt.config.profile, self.capacity(rt).rps, rt.config.min_replicas,
                     rt.config.max_replicas))
-            groups.append(GroupDemand(g.name, demand, tuple(options), g.quality_floor))
+            planned.append((g, GroupDemand(g.name, demand, tuple(options), g.quality_floor)))
+        if not planned:
+            self.allocation = None
+            return
+        left = dict(self.config.gpu_quotas)
+        batches = [([d for g, d in planned if not g.gpu_quotas], dict(left))]
+        batches += [([d], dict(g.gpu_quotas)) for g, d in planned if g.gpu_quotas]
+        parts = []
         try:
-            self.allocation = optimise(groups, self.config.gpu_quotas or None,
-                                       time_limit_s=2.0)
+            for demands, own in batches:
+                if not demands:
+                    continue
+                quotas = {**own, **{t: min(q, own.get(t, q)) for t, q in left.items()}}
+                part = optimise(demands, quotas or None, time_limit_s=2.0)
+                for t, used in part.gpus_used.items():
+                    if t in left:
+                        left[t] = max(0, left[t] - used)
+                parts.append(part)
         except Exception as exc:  # a planning bug must not stop reconciling
             log.exception("group planning failed: %s", exc)
             self._child(self.metrics.reconcile_errors, "*", "group-plan").inc()
+            return
+        self.allocation = parts[0] if len(parts) == 1 else _merged(parts)
 
     def _quota(self, name: str, current: int) -> tuple[int | None, str]:
-        """The most replicas the variant's GPU-type quota allows, counting what the other
-        variants of that type were last given, and never below `current` (the quota never
-        scales a variant down); None without a quota."""
+        """The most replicas the variant's GPU-type quotas allow (the global one, and its
+        group's own), counting what the other variants under each were last given, and never
+        below `current` (a quota never scales a variant down); None without a quota. The
+        reason names the quota that binds."""
         prof = self.variants[name].config.profile
-        quota = self.config.gpu_quotas.get(prof.gpu_type)
-        if quota is None:
+        t, per = prof.gpu_type, prof.gpus_per_replica
+        limits: list[tuple[int, str]] = []
+        quota = self.config.gpu_quotas.get(t)
+        if quota is not None:
+            used = sum(self._replicas_now(n) * rt.config.profile.gpus_per_replica
+                       for n, rt in self.variants.items()
+                       if n != name and rt.config.profile.gpu_type == t)
+            limits.append((max(current, (quota - used) // per),
+                           f"{t} quota {quota} GPUs, {used} used by other variants"))
+        group = self.group_of(name)
+        own = group.gpu_quotas.get(t) if group is not None else None
+        if group is not None and own is not None:
+            used = sum(self._replicas_now(n) * self.variants[n].config.profile.gpus_per_replica
+                       for n in group.variants if n != name and n in self.variants
+                       and self.variants[n].config.profile.gpu_type == t)
+            limits.append((max(current, (own - used) // per),
+                           f"group {group.name}'s {t} quota {own} GPUs, {used} used by its "
+                           "other members"))
+        if not limits:
             return None, ""
-        used = sum(self._replicas_now(n) * rt.config.profile.gpus_per_replica
-                   for n, rt in self.variants.items()
-                   if n != name and rt.config.profile.gpu_type == prof.gpu_type)
-        allowed = max(current, (quota - used) // prof.gpus_per_replica)
-        return allowed, f"{prof.gpu_type} quota {quota} GPUs, {used} used by other variants"
+        return min(limits, key=lambda lim: lim[0])
 
     def _replicas_now(self, name: str) -> int:
         """A variant's replicas as last decided, or as its target reports before that."""
@@ -841,3 +950,22 @@ class Service:
         log.log(level, "decision %s: %s current=%s desired=%s reasons=%s (%s)", rt.config.name,
                 outcome, current, desired, ",".join(r["code"] for r in reasons) or "-", message)
         return rec
+
+
+def _merged(parts: Sequence[Allocation]) -> Allocation:
+    """One plan of several solved apart (groups with quotas of their own): their groups and
+    variants are disjoint; GPUs used and cost add up."""
+    gpus: dict[str, int] = {}
+    for p in parts:
+        for t, n in p.gpus_used.items():
+            gpus[t] = gpus.get(t, 0) + n
+    return Allocation(
+        replicas={k: v for p in parts for k, v in p.replicas.items()},
+        routing={k: v for p in parts for k, v in p.routing.items()},
+        served_rps={k: v for p in parts for k, v in p.served_rps.items()},
+        degraded_rps={k: v for p in parts for k, v in p.degraded_rps.items()},
+        unserved_rps={k: v for p in parts for k, v in p.unserved_rps.items()},
+        gpus_used=gpus, cost_per_hour=sum(p.cost_per_hour for p in parts),
+        solver="+".join(sorted({p.solver for p in parts})),
+        optimal=all(p.optimal for p in parts),
+        reasons=tuple(r for p in parts for r in p.reasons))

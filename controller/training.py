@@ -14,8 +14,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from controller.config import Config, ForecastConfig
+from controller.config import Config, ForecastConfig, VariantConfig
 from forecaster import store
 from forecaster.base import Forecast, History
 from forecaster.engine import TrainedModel, train_all
@@ -27,17 +28,36 @@ log = logging.getLogger("forescale.training")
 MAX_TAIL_S = 2 * 86_400.0
 
 
+def global_model_inputs(config: Config) -> dict[str, Any]:
+    """The config fields every variant's model depends on: the step and history it learns
+    from and the quantile levels it serves."""
+    return {"step_s": config.prometheus.step_s,
+            "history_days": config.prometheus.history_days,
+            "quantiles": sorted({*config.forecast.quantiles,
+                                 config.forecast.provisioning_quantile})}
+
+
+def model_inputs(v: VariantConfig) -> tuple[str, float]:
+    """What a variant's trained model depends on beyond the global forecast settings: the
+    series it learnt (the requests query with its selector) and the cold start its horizon
+    covers. A change to anything else (limits, behaviour, SLO, mode, live signals) only
+    reconfigures the policy."""
+    return (v.signals.requests.replace("$selector", v.label_selector), v.profile.cold_start_s)
+
+
 def config_fingerprint(config: Config) -> str:
-    """Hash of the config fields a model depends on: a model trained under another
-    fingerprint must never serve."""
-    return engine_fingerprint({
-        "step_s": config.prometheus.step_s,
-        "history_days": config.prometheus.history_days,
-        "quantiles": sorted({*config.forecast.quantiles,
-                             config.forecast.provisioning_quantile}),
-        "variants": {v.name: v.signals.requests.replace("$selector", v.label_selector)
-                     for v in config.variants},
-    })
+    """Hash of the settings every model depends on (`global_model_inputs`)."""
+    return engine_fingerprint(global_model_inputs(config))
+
+
+def variant_fingerprint(config: Config, v: VariantConfig) -> str:
+    """Hash of everything the variant's model depends on: the global settings and its own
+    `model_inputs`. A model is stored and reloaded under it, so a restart serves each variant
+    the model it had, whoever declared it (the file or a VariantAutoscaler), and a change to
+    one variant's inputs refuses that variant's stored model only, never the others'."""
+    query, cold_start_s = model_inputs(v)
+    return engine_fingerprint({**global_model_inputs(config), "variant": v.name,
+                               "requests": query, "cold_start_s": cold_start_s})
 
 
 @dataclass
@@ -80,19 +100,25 @@ class TrainingReport:
 
 
 def train_models(histories: Mapping[str, History], horizons: Mapping[str, int],
-                 cfg: ForecastConfig, fingerprint: str, budget_s: float,
+                 cfg: ForecastConfig, fingerprints: Mapping[str, str], budget_s: float,
                  n_jobs: int = 2, previous: Mapping[str, ServedModel] | None = None
                  ) -> TrainingReport:
     """Fit every variant within the budget; a variant whose fit fails is served by the
-    fallback baseline and reported, never raised. `previous`: the models being replaced
-    (their adaptive quantile levels carry over)."""
+    fallback baseline and reported, never raised. Each model is stamped (and stored) with
+    its variant's fingerprint (`variant_fingerprint`). `previous`: the models being replaced
+    (their adaptive quantile levels carry over when trained under the same fingerprint)."""
     t0 = time.perf_counter()
     if not histories:
         return TrainingReport({}, {}, 0.0)
     trained = train_all(histories, horizon_steps=max(horizons.values()),
                         quantiles=cfg.quantiles, provisioning_quantile=cfg.provisioning_quantile,
-                        budget_s=budget_s, n_jobs=n_jobs, fingerprint=fingerprint,
-                        previous={n: m.trained for n, m in (previous or {}).items()})
+                        budget_s=budget_s, n_jobs=n_jobs)
+    for name, model in trained.items():
+        # The engine stamps one fingerprint per run; each variant's own is set here, before
+        # the carry-over that compares them (train_all's `previous` would compare the run's).
+        model.fingerprint = fingerprints[name]
+        if previous is not None and name in previous:
+            model.continue_from(previous[name].trained)
     failed = {n: m.fallback_reason for n, m in trained.items() if m.fallback_reason}
     for name, why in failed.items():
         log.warning("train %s: serving fallback %s: %s", name, trained[name].model_name, why)
@@ -105,11 +131,16 @@ def train_models(histories: Mapping[str, History], horizons: Mapping[str, int],
                           time.perf_counter() - t0)
 
 
-def load_models(model_dir: Path | None, variants: list[str],
-                fingerprint: str) -> dict[str, ServedModel]:
-    """Models persisted by an earlier process under the same config, so a restarted service
-    serves forecasts at once; models from another config are refused by the store."""
+def load_models(model_dir: Path | None, fingerprints: Mapping[str, str]
+                ) -> dict[str, ServedModel]:
+    """Models persisted by an earlier process for these variants, each under the variant's
+    fingerprint, so a restarted service serves forecasts at once; a model stored under
+    another fingerprint (its inputs changed meanwhile) is refused by the store."""
     if model_dir is None:
         return {}
-    return {n: ServedModel(m) for n, m in store.load_all(model_dir, variants,
-                                                         fingerprint).items()}
+    out = {}
+    for name, fingerprint in fingerprints.items():
+        model = store.load(model_dir, name, fingerprint)
+        if model is not None:
+            out[name] = ServedModel(model)
+    return out

@@ -58,15 +58,18 @@ class Rig:
     """The emulator with forescale's CRDs, a Service and the controller (not started)."""
 
     def __init__(self, api: K8sEmulator, controller_cls: type[VariantAutoscalerController]
-                 = VariantAutoscalerController) -> None:
+                 = VariantAutoscalerController, model_dir: Path | None = None,
+                 restart: bool = False) -> None:
+        """`restart`: a second process on the same cluster (CRDs and objects already there)."""
         self.api = api
-        for path in sorted(CRDS.glob("*.yaml")):
+        for path in sorted(CRDS.glob("*.yaml")) if not restart else ():
             api.install_crd(yaml.safe_load(path.read_text()))
         self.objects = client.CustomObjectsApi(api.api_client())
         cfg = parse_config({
             "prometheus": {"step_s": 60, "history_days": 3},
             "schedules": {"reconcile_interval_s": 30},
-            "forecast": {"horizon_s": 900},
+            "forecast": {"horizon_s": 900,
+                         **({"model_dir": str(model_dir)} if model_dir is not None else {})},
             "kubernetes": {"custom_resources": {"enabled": True, "namespaces": [NS]}},
             "variants": [{"name": "filev", "deployment": {"namespace": NS, "name": "filev"},
                           "profile": {"capacity_rps": 10.0, "cold_start_s": 120}}],
@@ -80,7 +83,8 @@ class Rig:
                                clock=lambda: self.clock["now"], metrics=ForescaleMetrics())
         self.service.target_factory = lambda v: act.make(v, self.service.config.mode_of(v))
         self.service.variant_listeners.append(act.follow)
-        api.seed_deployment(NS, "filev", replicas=1)
+        if not restart:
+            api.seed_deployment(NS, "filev", replicas=1)
         self.ctl = controller_cls(api.api_client(), self.service, namespaces=[NS],
                                   resync_s=2, check_target=act.check_target,
                                   clock=lambda: self.clock["now"])
@@ -365,3 +369,36 @@ def test_watch_errors_back_off_and_recover(rig: Rig) -> None:
         assert rig.ctl.errors >= 1
     finally:
         rig.ctl.stop()
+
+
+# ---------------------------------------------------------------------------- restart
+def test_a_restart_serves_a_resource_variant_its_stored_model_without_retraining(
+        k8s_api: K8sEmulator, tmp_path: Path) -> None:  # noqa: F811
+    first = Rig(k8s_api, model_dir=tmp_path)
+    first.create(va("a"))
+    first.create(va("b"))
+    first.ctl.resync(NS)
+    first.service.retrain(["a", "b"])
+    stored = first.service.variants["a"].model
+    assert stored is not None and (tmp_path / "a.joblib").is_file()
+    # b's query changes while the first process is down: its stored model is for other data.
+    first.objects.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "b",
+                                                 {"spec": {"selector": 'model_name="bb"'}})
+    again = Rig(k8s_api, model_dir=tmp_path, restart=True)
+    assert "a" not in again.service.variants  # objects are not config: the watch brings them
+    again.ctl.start()
+    try:
+        wait_for(lambda: {"a", "b"} <= set(again.service.variants))
+        loaded = again.service.variants["a"].model
+        assert loaded is not None and loaded is not stored
+        assert (loaded.model_name, loaded.trained.trained_to) == (
+            stored.model_name, stored.trained.trained_to)
+        # b is trained (its inputs changed); a, queued before it if at all, is not.
+        wait_for(lambda: again.service.variants["b"].model is not None, 60)
+        report = again.service.last_training
+        assert report is not None and set(report.models) == {"b"}
+        assert again.service.variants["a"].model is loaded
+        again.service.reconcile()
+        assert again.get("a")["status"]["state"] == "predictive"
+    finally:
+        again.ctl.stop()

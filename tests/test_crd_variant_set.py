@@ -3,6 +3,7 @@ a reloaded config file rely on (fixed clock, in-memory load, dry-run actuators).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -172,3 +173,90 @@ def test_readyz_stays_200_while_a_variant_added_at_runtime_trains() -> None:
         assert w["state"] == "warming-up"
         svc.retrain(["w"])
         assert httpx.get(f"{url}/readyz").json() == {"status": "ready", "detail": {}}
+
+
+def test_stored_models_are_kept_per_variant_inputs(tmp_path: Path) -> None:
+    """A model is stored under its own variant's inputs: another process serves each variant
+    the model it had, and a changed query refuses that variant's stored model only."""
+    raw = service_config().model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["forecast"]["model_dir"] = str(tmp_path)
+
+    def start() -> Service:
+        svc = Service(parse_config(raw), ArraySource(daily_load()),
+                      {"v": DryRunTarget({"v": 5})}, clock=lambda: NOW,
+                      metrics=ForescaleMetrics())
+        svc.target_factory = lambda v: DryRunTarget({v.name: 1})
+        return svc
+
+    first = start()
+    assert first.add_variant(variant("w"), "cr")  # nothing stored yet: to train
+    first.retrain()
+    names = {n: rt.model.model_name for n, rt in first.variants.items() if rt.model}
+    assert set(names) == {"v", "w"}
+    second = start()
+    assert second.variants["v"].model is not None and second.ready()
+    assert not second.add_variant(variant("w"), "cr")  # served by its stored model
+    assert second.variants["w"].model.model_name == names["w"]  # type: ignore[union-attr]
+    third = start()
+    assert third.add_variant(variant("w", selector='model_name="x"'), "cr")
+    assert third.variants["w"].model is None and third.variants["v"].model is not None
+    # An edit back to the inputs the stored model was trained on serves it again.
+    assert not third.update_variant(variant("w"), "cr")
+    assert third.variants["w"].model is not None
+
+
+def l4(name: str, gpus: int, quality: float) -> VariantConfig:
+    return variant(name, profile={"capacity_rps": 10.0, "cold_start_s": 120, "gpu_type": "L4",
+                                  "gpus_per_replica": gpus, "quality": quality})
+
+
+def test_a_group_set_while_running_is_planned_under_its_quota_until_removed() -> None:
+    from controller.config import VariantGroup
+
+    clock = {"now": NOW}
+    dry = DryRunTarget({"v": 5})
+    svc = Service(service_config(), ArraySource(daily_load()), {"v": dry},
+                  clock=lambda: clock["now"], metrics=ForescaleMetrics())
+    svc.target_factory = lambda v: dry
+    for v in (l4("big", 2, 0.9), l4("small", 1, 0.7)):
+        dry.replicas[v.name] = 1
+        svc.add_variant(v, "cr")
+    svc.retrain()
+    chat = VariantGroup(name="chat", variants=["big", "small"], quality_floor=0.8,
+                        gpu_quotas={"L4": 8})
+    svc.set_group(chat, "cr")
+    assert svc.group_of("small") == chat
+    together = {r.variant: r for r in svc.reconcile()}
+    assert together["big"].desired * 2 + together["small"].desired <= 8  # type: ignore[operator]
+    (why,) = [r["message"] for r in together["small"].reasons if r["code"] == "AtGpuQuota"]
+    assert "group chat's L4 quota 8 GPUs, 6 used by its other members" in why
+    assert svc.allocation is not None and set(svc.allocation.routing) == {"chat"}
+    assert svc.allocation.routing["chat"].get("small", 0.0) == 0.0  # under the floor
+    with pytest.raises(ConfigError, match="'chat' is already defined by cr; refusing"):
+        svc.set_group(chat, "other")
+    with pytest.raises(ConfigError, match="'small' is already in group 'chat'"):
+        svc.set_group(VariantGroup(name="g2", variants=["small", "v"]), "cr")
+    with pytest.raises(ConfigError, match=r"members \['gone'\] are not managed"):
+        svc.set_group(VariantGroup(name="g3", variants=["v", "gone"]), "cr")
+    assert not svc.remove_group("chat", "other")
+    assert svc.remove_group("chat", "cr")
+    clock["now"] += 120  # past the scale-up rate limit's period
+    alone = {r.variant: r for r in svc.reconcile()}
+    assert svc.allocation is None and svc.group_of("small") is None
+    assert alone["big"].desired * 2 + alone["small"].desired > 8  # type: ignore[operator]
+    assert all("AtGpuQuota" not in {r["code"] for r in rec.reasons} for rec in alone.values())
+
+
+def test_a_file_group_named_like_a_running_one_is_refused_either_way() -> None:
+    from controller.config import VariantGroup
+
+    svc, _ = make()
+    svc.add_variant(variant("w"), "cr")
+    svc.set_group(VariantGroup(name="chat", variants=["v", "w"]), "cr")
+    raw = service_config().model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["variants"].append(variant("x").model_dump(mode="json", by_alias=True,
+                                                   exclude_none=True))
+    raw["groups"] = [{"name": "chat", "variants": ["v", "x"]}]
+    with pytest.raises(ConfigError, match="'chat' by cr"):
+        svc.apply_config(parse_config(raw))
+    assert [g.name for g in svc.groups] == ["chat"] and "x" not in svc.variants
