@@ -25,8 +25,16 @@ watch from the list's resourceVersion for `resync_s` -> list again (the periodic
 `410 Gone` restarts from a fresh list; any other error waits with exponential backoff
 (1 s doubling to `backoff_max_s`).
 
-VariantGroup objects are not acted on yet: a member's `spec.group` is reported in its Ready
-message, and groups stay in the file config.
+VariantGroups (`variantgroups.forescale.io`) are watched by the same loop (a thread per
+namespace and kind). A group's members are the managed VariantAutoscalers of its namespace
+whose `spec.group` names it; with at least two, it becomes the file config's `VariantGroup`
+(members, quality floor, GPU quotas) and is set in the service (`Service.set_group`), so its
+members are routed and capped together from the next reconcile; deleted, or left with fewer
+than two members, it is removed and they are planned independently. A group name the file
+config (or another namespace's object) already declares is refused in its Ready condition.
+Its status lists the members found and those missing (objects naming it that forescale
+cannot manage, with why), and the last plan's routing weights and unserved demand; a
+member's Ready message says which group it is planned in, or why none.
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from controller.config import ConfigError, VariantConfig, load_yaml_strict
+from controller.config import ConfigError, VariantConfig, VariantGroup, load_yaml_strict
 from controller.k8s import (
     CLIENT_ERRORS,
     MERGE_PATCH,
@@ -67,6 +75,8 @@ GROUP = "forescale.io"
 VERSION = "v1alpha1"
 PLURAL = "variantautoscalers"
 KIND = "VariantAutoscaler"
+GROUP_PLURAL = "variantgroups"
+GROUP_KIND = "VariantGroup"
 API_VERSION = f"{GROUP}/{VERSION}"
 #: Prefix of `VariantRuntime.origin` for variants this controller manages.
 ORIGIN_PREFIX = f"{KIND} "
@@ -94,6 +104,10 @@ class SpecError(Exception):
 
 def origin_of(namespace: str, name: str) -> str:
     return f"{ORIGIN_PREFIX}{namespace}/{name}"
+
+
+def group_origin_of(namespace: str, name: str) -> str:
+    return f"{GROUP_KIND} {namespace}/{name}"
 
 
 def _snake(name: str) -> str:
@@ -184,6 +198,25 @@ def _field(loc: Sequence[str], profile_from: str) -> str:
                        for p in rest)])
 
 
+def group_config(obj: Mapping[str, Any], members: Sequence[str]) -> VariantGroup:
+    """The file config's `VariantGroup` a VariantGroup object declares with these members,
+    or a `SpecError` naming the first bad field in the object's terms."""
+    name = str((obj.get("metadata") or {}).get("name", ""))
+    spec = obj.get("spec") or {}
+    try:
+        return VariantGroup.model_validate({
+            "name": name, "variants": list(members),
+            "quality_floor": spec.get("qualityFloor", 0.0),
+            "gpu_quotas": copy.deepcopy(spec.get("gpuQuotas") or {})})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"]]
+        where = {"name": "metadata.name", "quality_floor": "spec.qualityFloor",
+                 "gpu_quotas": "spec.gpuQuotas"}.get(loc[0] if loc else "", "spec")
+        raise SpecError(".".join([where, *loc[1:]]), err.get("input"),
+                        err["msg"].removeprefix("Value error, ")) from None
+
+
 def now_rfc3339(ts: float | None = None) -> str:
     moment = datetime.now(UTC) if ts is None else datetime.fromtimestamp(ts, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -200,6 +233,18 @@ class _Series:
     written_at: float
 
 
+@dataclass(frozen=True)
+class _Kind:
+    """One kind of object the controller lists and watches."""
+
+    plural: str
+    kind: str
+
+
+_VA = _Kind(PLURAL, KIND)
+_VG = _Kind(GROUP_PLURAL, GROUP_KIND)
+
+
 @dataclass
 class _Managed:
     """What the controller knows of one object: its generation processed, the Ready
@@ -210,8 +255,26 @@ class _Managed:
     generation: int = 0
     ready: tuple[str, str, str] = ("Unknown", "Pending", "not processed yet")
     managed: bool = False
+    #: `spec.group` of the spec applied (a bad edit keeps the last good one's).
+    group: str | None = None
     decision: dict[str, Any] = field(default_factory=dict)
     conditions: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+
+
+@dataclass
+class _Group:
+    """What the controller knows of one VariantGroup: its members (found and missing), its
+    Ready condition, whether the service plans it, and its share of the last plan."""
+
+    namespace: str
+    name: str
+    generation: int = 0
+    ready: tuple[str, str, str] = ("Unknown", "Pending", "not processed yet")
+    applied: bool = False
+    members: tuple[str, ...] = ()
+    #: Objects naming the group that are not managed -> why.
+    missing: dict[str, str] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)
 
 
 class VariantAutoscalerController:
@@ -247,26 +310,31 @@ class VariantAutoscalerController:
         #: (namespace, name) -> the newest object seen (watch, list, or our status write).
         self._objects: dict[tuple[str, str], dict[str, Any]] = {}
         self._state: dict[tuple[str, str], _Managed] = {}
+        #: The same for VariantGroups.
+        self._group_objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self._groups: dict[tuple[str, str], _Group] = {}
         self._series: dict[tuple[str, str, str], _Series] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._watches: list[k8s_watch.Watch] = []
         self._train: queue.Queue[str | None] = queue.Queue()
-        #: Counters for tests and logs: lists done, watches restarted after 410, errors.
+        #: Counters for tests and logs: lists done, watches restarted after 410 (per plural),
+        #: errors.
         self.lists = 0
-        self.expired = 0
+        self.expired: dict[str, int] = {PLURAL: 0, GROUP_PLURAL: 0}
         self.errors = 0
         self.status_writes = 0
         service.reconcile_listeners.append(self.after_reconcile)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        """One list+watch thread per namespace, and the trainer of new variants."""
+        """One list+watch thread per namespace and kind, and the trainer of new variants."""
         for ns in self.namespaces:
-            t = threading.Thread(target=self._run, args=(ns,), daemon=True,
-                                 name=f"va-watch-{ns or 'all'}")
-            t.start()
-            self._threads.append(t)
+            for kind in (_VA, _VG):
+                t = threading.Thread(target=self._run, args=(ns, kind), daemon=True,
+                                     name=f"{kind.plural}-watch-{ns or 'all'}")
+                t.start()
+                self._threads.append(t)
         trainer = threading.Thread(target=self._trainer, daemon=True, name="va-trainer")
         trainer.start()
         self._threads.append(trainer)
@@ -283,68 +351,86 @@ class VariantAutoscalerController:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
 
-    def _run(self, namespace: str) -> None:
+    def _run(self, namespace: str, kind: _Kind = _VA) -> None:
+        """List, then watch from the list's version until the resync is due, again and
+        again; a 410 lists at once, any other error after a backoff."""
         backoff = 1.0
         while not self._stop.is_set():
             try:
-                rv = self.resync(namespace)
-                self._watch(namespace, rv)
+                rv = self.resync(namespace) if kind is _VA else self.resync_groups(namespace)
+                self._watch(namespace, rv, kind)
                 backoff = 1.0
             except ApiException as exc:
                 if exc.status == 410:
-                    self.expired += 1
-                    log.info("watch of %s expired (410 Gone): listing again",
-                             namespace or "all namespaces")
+                    self.expired[kind.plural] += 1
+                    log.info("watch of %s in %s expired (410 Gone): listing again",
+                             kind.plural, namespace or "all namespaces")
                     continue
-                self._failed(namespace, exc, backoff)
+                self._failed(namespace, kind, exc, backoff)
                 backoff = min(backoff * 2, self.backoff_max_s)
             except Exception as exc:  # a watch thread must never die
-                self._failed(namespace, exc, backoff)
+                self._failed(namespace, kind, exc, backoff)
                 backoff = min(backoff * 2, self.backoff_max_s)
 
-    def _failed(self, namespace: str, exc: BaseException, backoff: float) -> None:
+    def _failed(self, namespace: str, kind: _Kind, exc: BaseException,
+                backoff: float) -> None:
         self.errors += 1
-        shown = translate_error(exc, "list", f"{PLURAL}.{GROUP}", namespace or "(all)") \
+        shown = translate_error(exc, "list", f"{kind.plural}.{GROUP}", namespace or "(all)") \
             if isinstance(exc, CLIENT_ERRORS) else exc
-        log.warning("VariantAutoscaler watch of %s failed: %s; retrying in %.0f s",
+        log.warning("%s watch of %s failed: %s; retrying in %.0f s", kind.kind,
                     namespace or "all namespaces", shown, backoff)
         self._stop.wait(backoff)
 
     # ------------------------------------------------------------------ list and watch
-    def _list(self, namespace: str) -> dict[str, Any]:
+    def _list(self, namespace: str, kind: _Kind = _VA) -> dict[str, Any]:
         if namespace:
             return _as_dict(self._custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, _request_timeout=self.request_timeout_s))
+                GROUP, VERSION, namespace, kind.plural,
+                _request_timeout=self.request_timeout_s))
         return _as_dict(self._custom.list_cluster_custom_object(
-            GROUP, VERSION, PLURAL, _request_timeout=self.request_timeout_s))
+            GROUP, VERSION, kind.plural, _request_timeout=self.request_timeout_s))
 
-    def resync(self, namespace: str) -> str:
-        """List the objects, reconcile each, forget managed ones no longer there; the list's
-        resourceVersion, to watch from."""
-        listed = self._list(namespace)
+    def _listed(self, namespace: str, kind: _Kind, on_object: Callable[..., None],
+                known: Callable[[], Sequence[tuple[str, str]]],
+                on_deleted: Callable[[str, str], None]) -> str:
+        """List `kind`, hand each object to `on_object` (forced), and `on_deleted` those
+        known but no longer listed; the list's resourceVersion, to watch from."""
+        listed = self._list(namespace, kind)
         self.lists += 1
         seen = set()
         for obj in listed.get("items") or []:
             meta = obj["metadata"]
-            key = (meta["namespace"], meta["name"])
-            seen.add(key)
-            self.on_object(obj, force=True)
+            seen.add((meta["namespace"], meta["name"]))
+            on_object(obj, force=True)
         with self._lock:
-            gone = [k for k in self._state if (not namespace or k[0] == namespace)
+            gone = [k for k in known() if (not namespace or k[0] == namespace)
                     and k not in seen]
         for ns, name in gone:
-            self.on_deleted(ns, name)
+            on_deleted(ns, name)
         return str((listed.get("metadata") or {}).get("resourceVersion") or "")
 
-    def _watch(self, namespace: str, resource_version: str) -> None:
+    def resync(self, namespace: str) -> str:
+        """List the VariantAutoscalers, reconcile each, forget managed ones no longer there;
+        the list's resourceVersion, to watch from."""
+        return self._listed(namespace, _VA, self.on_object, lambda: list(self._state),
+                            self.on_deleted)
+
+    def resync_groups(self, namespace: str) -> str:
+        """`resync` for VariantGroups."""
+        return self._listed(namespace, _VG, self.on_group, lambda: list(self._groups),
+                            self.on_group_deleted)
+
+    def _watch(self, namespace: str, resource_version: str, kind: _Kind = _VA) -> None:
         w = k8s_watch.Watch()  # type: ignore[no-untyped-call]
         with self._lock:
             self._watches.append(w)
+        on_object, on_deleted = (self.on_object, self.on_deleted) if kind is _VA \
+            else (self.on_group, self.on_group_deleted)
         try:
             func = self._custom.list_namespaced_custom_object if namespace \
                 else self._custom.list_cluster_custom_object
-            args = (GROUP, VERSION, namespace, PLURAL) if namespace else (GROUP, VERSION,
-                                                                          PLURAL)
+            args = (GROUP, VERSION, namespace, kind.plural) if namespace \
+                else (GROUP, VERSION, kind.plural)
             events = w.stream(  # type: ignore[no-untyped-call]
                 func, *args, resource_version=resource_version,
                 timeout_seconds=max(1, int(self.resync_s)))
@@ -354,9 +440,9 @@ class VariantAutoscalerController:
                 obj = event["raw_object"]
                 meta = obj.get("metadata") or {}
                 if event["type"] == "DELETED":
-                    self.on_deleted(meta.get("namespace", ""), meta.get("name", ""))
+                    on_deleted(meta.get("namespace", ""), meta.get("name", ""))
                 elif event["type"] in ("ADDED", "MODIFIED"):
-                    self.on_object(obj)
+                    on_object(obj)
         finally:
             with self._lock:
                 self._watches.remove(w)
@@ -370,7 +456,7 @@ class VariantAutoscalerController:
         key = (meta["namespace"], meta["name"])
         generation = int(meta.get("generation") or 0)
         with self._lock:
-            if self._newer(key, obj):
+            if _newer(self._objects, key, obj):
                 self._objects[key] = obj
             st = self._state.setdefault(key, _Managed(*key))
             if not force and st.generation == generation and st.ready[0] == "True" \
@@ -379,6 +465,7 @@ class VariantAutoscalerController:
             st.generation = generation
             self._apply_spec(st, obj)
         self.write_status(key)
+        self._sync_groups(key[0])
 
     def _apply_spec(self, st: _Managed, obj: dict[str, Any]) -> None:
         origin = origin_of(st.namespace, st.name)
@@ -415,9 +502,8 @@ class VariantAutoscalerController:
             return
         st.managed = True
         group = (obj.get("spec") or {}).get("group")
-        note = f"; spec.group {group!r} is not acted on yet (groups stay in the config " \
-               "file)" if group else ""
-        st.ready = ("True", "Managed", f"generation {st.generation} is applied{note}")
+        st.group = str(group) if group else None
+        st.ready = ("True", "Managed", f"generation {st.generation} is applied")
 
     def _check_target(self, v: VariantConfig) -> None:
         assert self.check_target is not None
@@ -466,7 +552,9 @@ class VariantAutoscalerController:
         if self.service.remove_variant(name, origin_of(namespace, name)):
             log.info("%s %s/%s deleted: %s is no longer managed", KIND, namespace, name, name)
         elif st is not None and st.ready[1] == "NameConflict":
+            self._sync_groups(namespace)
             return
+        self._sync_groups(namespace)
         # A refused twin (same name, another namespace) may take the name now.
         with self._lock:
             twins = [self._objects[k] for k, s in self._state.items()
@@ -474,15 +562,124 @@ class VariantAutoscalerController:
         for obj in twins:
             self.on_object(obj)
 
-    def _newer(self, key: tuple[str, str], obj: Mapping[str, Any]) -> bool:
-        old = self._objects.get(key)
-        if old is None:
-            return True
+    # ------------------------------------------------------------------ groups
+    def on_group(self, obj: dict[str, Any], force: bool = False) -> None:
+        """A VariantGroup appeared or changed: plan its members together (see the module
+        doc). `force` is accepted for the list's sake; membership is evaluated every time."""
+        meta = obj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        with self._lock:
+            if _newer(self._group_objects, key, obj):
+                self._group_objects[key] = obj
+            self._groups.setdefault(key, _Group(*key))
+        self._sync_group(key)
+
+    def on_group_deleted(self, namespace: str, name: str) -> None:
+        """The VariantGroup is gone: its members are planned independently."""
+        key = (namespace, name)
+        with self._lock:
+            self._groups.pop(key, None)
+            self._group_objects.pop(key, None)
+        if self.service.remove_group(name, group_origin_of(namespace, name)):
+            log.info("%s %s/%s deleted: its members are planned independently", GROUP_KIND,
+                     namespace, name)
+        self._member_statuses(namespace, name)
+        # A refused twin (same name, another namespace) may take the name now.
+        with self._lock:
+            twins = [k for k, g in self._groups.items() if k[1] == name and not g.applied]
+        for key in twins:
+            self._sync_group(key)
+
+    def _sync_groups(self, namespace: str) -> None:
+        """Membership in `namespace` may have changed: evaluate its groups again."""
+        with self._lock:
+            keys = [k for k in self._groups if k[0] == namespace]
+        for key in keys:
+            self._sync_group(key)
+
+    def _sync_group(self, key: tuple[str, str]) -> None:
+        """Set the group in the service from its object and its members found now (or
+        remove it), then write its status and its members' if they changed."""
+        ns, name = key
+        origin = group_origin_of(ns, name)
+        with self._lock:
+            g = self._groups.get(key)
+            obj = self._group_objects.get(key)
+            if g is None or obj is None:
+                return
+            g.generation = int(obj["metadata"].get("generation") or 0)
+            named = {k[1]: st for k, st in self._state.items() if k[0] == ns
+                     and (st.group == name if st.managed else
+                          ((self._objects.get(k) or {}).get("spec") or {}).get("group")
+                          == name)}
+            g.members = tuple(sorted(n for n, st in named.items() if st.managed
+                                     and (rt := self.service.variants.get(n)) is not None
+                                     and rt.origin == origin_of(ns, n)))
+            g.missing = {n: f"{st.ready[1]}: {st.ready[2]}" for n, st in sorted(named.items())
+                         if n not in g.members}
+            ready, applied = self._plan_group(g, obj, origin)
+            if g.applied and not applied:
+                self.service.remove_group(name, origin)
+            g.ready, g.applied = ready, applied
+            if not applied:
+                g.plan = {}
+        self.write_group_status(key)
+        self._member_statuses(ns, name)
+
+    def _plan_group(self, g: _Group, obj: Mapping[str, Any], origin: str
+                    ) -> tuple[tuple[str, str, str], bool]:
+        """The group's Ready condition and whether the service now plans it."""
+        if any(f.name == g.name for f in self.service.config.groups):
+            err = SpecError("metadata.name", g.name, "a group of this name is declared by "
+                            "forescale's config file (groups[].name), which keeps planning "
+                            "it; rename this VariantGroup or remove the file's group",
+                            "NameConflict")
+            return ("False", err.reason, str(err)), False
+        twin = next((k for k, o in self._groups.items() if k[1] == g.name
+                     and k[0] != g.namespace and o.applied), None)
+        if twin is not None:
+            err = SpecError("metadata.name", g.name, f"{GROUP_KIND} {twin[0]}/{twin[1]} "
+                            "already declares a group of this name (group names are "
+                            "forescale-wide, like variant names)", "NameConflict")
+            return ("False", err.reason, str(err)), False
+        missing = "; missing: " + "; ".join(f"{n} ({why})" for n, why in g.missing.items()) \
+            if g.missing else ""
+        if len(g.members) < 2:
+            found = ", ".join(g.members) or "none"
+            return ("False", "TooFewMembers",
+                    f"a group needs at least two members (VariantAutoscalers of namespace "
+                    f"{g.namespace} managed by forescale whose spec.group is {g.name!r}); "
+                    f"found: {found}{missing}"), False
         try:
-            return int(obj["metadata"]["resourceVersion"]) >= int(
-                old["metadata"]["resourceVersion"])
-        except (KeyError, TypeError, ValueError):
-            return True
+            self.service.set_group(group_config(obj, g.members), origin)
+        except SpecError as exc:
+            return ("False", exc.reason, str(exc)), False
+        except ConfigError as exc:
+            return ("False", "NotPlanned", str(exc)), False
+        return ("True", "Planned", f"generation {g.generation} is planned with "
+                f"{len(g.members)} members: {', '.join(g.members)}{missing}"), True
+
+    def _member_statuses(self, namespace: str, group: str) -> None:
+        """Write the status of the objects naming `group` (their Ready says where they are
+        planned), if it changed."""
+        with self._lock:
+            keys = [k for k, st in self._state.items() if k[0] == namespace
+                    and st.group == group]
+        for key in keys:
+            self.write_status(key)
+
+    def _group_note(self, st: _Managed) -> str:
+        """Where a managed object's variant is planned: in its group, or alone and why."""
+        if st.group is None:
+            return ""
+        g = self._groups.get((st.namespace, st.group))
+        if g is None:
+            return (f"; spec.group {st.group!r}: no {GROUP_KIND} {st.group!r} in namespace "
+                    f"{st.namespace}, planned on its own")
+        if not g.applied:
+            return (f"; spec.group {st.group!r}: the group is not planned ({g.ready[1]}), "
+                    "planned on its own")
+        return f"; planned in {GROUP_KIND} {st.group!r} with {len(g.members)} members"
 
     # ------------------------------------------------------------------ training
     def _trainer(self) -> None:
@@ -526,6 +723,26 @@ class VariantAutoscalerController:
                 st.decision, st.conditions = self._decision_status(rt, rec)
             self.write_status(key)
             self._events_for(key, rt, rec)
+        self._group_plans()
+
+    def _group_plans(self) -> None:
+        """Each planned group's share of the plan just made: routing weights and the demand
+        left unserved, written to its status if they changed."""
+        plan = self.service.allocation
+        with self._lock:
+            keys = []
+            for key, g in self._groups.items():
+                share: dict[str, Any] = {}
+                if g.applied and plan is not None and g.name in plan.routing:
+                    share = {"routingWeights": {n: round(min(1.0, max(0.0, float(w))), 4)
+                                                for n, w in plan.routing[g.name].items()},
+                             "unservedRps": round(max(0.0, float(
+                                 plan.unserved_rps.get(g.name, 0.0))), 4)}
+                if share != g.plan:
+                    g.plan = share
+                keys.append(key)
+        for key in keys:
+            self.write_group_status(key)
 
     def _decision_status(self, rt: VariantRuntime, rec: DecisionRecord
                          ) -> tuple[dict[str, Any], dict[str, tuple[str, str, str]]]:
@@ -589,82 +806,95 @@ class VariantAutoscalerController:
     def _compose(self, st: _Managed, current: Mapping[str, Any]) -> dict[str, Any]:
         """The status to write: the decision part, the conditions (a condition's
         lastTransitionTime changes only when its status does), observedGeneration."""
-        old = {c.get("type"): c for c in (current.get("conditions") or [])
-               if isinstance(c, dict)}
         status: dict[str, Any] = {"observedGeneration": st.generation}
         if st.managed:
             status.update(st.decision)
             if "lastScaleTime" in current and "lastScaleTime" not in status:
                 status["lastScaleTime"] = current["lastScaleTime"]
-        wanted = {"Ready": st.ready, **(st.conditions if st.managed else {})}
-        conditions = []
-        for ctype in CONDITION_TYPES:
-            if ctype not in wanted:
-                continue
-            cstatus, reason, message = wanted[ctype]
-            prev = old.get(ctype) or {}
-            since = prev.get("lastTransitionTime") if prev.get("status") == cstatus \
-                else None
-            conditions.append({"type": ctype, "status": cstatus, "reason": reason,
-                               "message": truncate_utf8(message, 4096),
-                               "observedGeneration": st.generation,
-                               "lastTransitionTime": since or now_rfc3339()})
-        status["conditions"] = conditions
+        ready = st.ready
+        if st.managed and ready[0] == "True":
+            ready = (*ready[:2], ready[2] + self._group_note(st))
+        wanted = {"Ready": ready, **(st.conditions if st.managed else {})}
+        status["conditions"] = _conditions(wanted, current, st.generation)
+        return status
+
+    def _compose_group(self, g: _Group, current: Mapping[str, Any]) -> dict[str, Any]:
+        """A VariantGroup's status: members found and missing, the last plan's share, Ready."""
+        status: dict[str, Any] = {
+            "observedGeneration": g.generation, "memberCount": len(g.members),
+            "members": list(g.members),
+            "missingMembers": [{"name": n, "reason": truncate_utf8(why, TEXT_LIMIT)}
+                               for n, why in g.missing.items()],
+            **g.plan}
+        status["conditions"] = _conditions({"Ready": g.ready}, current, g.generation)
         return status
 
     def write_status(self, key: tuple[str, str]) -> bool:
-        """Write the object's status if it differs from what it holds; True if written. A
-        409 (someone wrote in between) is retried from a fresh read."""
+        """Write a VariantAutoscaler's status if it differs from what it holds; True if
+        written. A 409 (someone wrote in between) is retried from a fresh read."""
+        return self._write_status(_VA, key)
+
+    def write_group_status(self, key: tuple[str, str]) -> bool:
+        """`write_status` for a VariantGroup."""
+        return self._write_status(_VG, key)
+
+    def _write_status(self, kind: _Kind, key: tuple[str, str]) -> bool:
         if not self.service.is_leader():
             return False  # the leader reports; a standby only follows the objects
+        objects = self._objects if kind is _VA else self._group_objects
         for _ in range(STATUS_RETRIES):
             with self._lock:
-                st = self._state.get(key)
-                obj = self._objects.get(key)
+                obj = objects.get(key)
+                st = self._state.get(key) if kind is _VA else self._groups.get(key)
                 if st is None or obj is None:
                     return False
-                status = self._compose(st, obj.get("status") or {})
+                current = obj.get("status") or {}
+                status = self._compose(st, current) if isinstance(st, _Managed) \
+                    else self._compose_group(st, current)
                 if status == obj.get("status"):
                     return False
                 body = {**obj, "status": status}
             try:
                 written = _as_dict(self._custom.replace_namespaced_custom_object_status(
-                    GROUP, VERSION, key[0], PLURAL, key[1], body,
+                    GROUP, VERSION, key[0], kind.plural, key[1], body,
                     _request_timeout=self.request_timeout_s))
             except ApiException as exc:
                 if exc.status == 409:
-                    if not self._refresh(key):
+                    if not self._refresh(kind, key):
                         return False
                     continue
                 if exc.status == 404:
                     return False  # deleted meanwhile: the watch will say so
-                log.warning("cannot write the status of %s %s/%s: %s", KIND, *key,
-                            translate_error(exc, "update", f"{PLURAL}/status", key[0],
+                log.warning("cannot write the status of %s %s/%s: %s", kind.kind, *key,
+                            translate_error(exc, "update", f"{kind.plural}/status", key[0],
                                             key[1]))
                 return False
             except CLIENT_ERRORS as exc:
-                log.warning("cannot write the status of %s %s/%s: %s", KIND, *key,
-                            translate_error(exc, "update", f"{PLURAL}/status", key[0],
+                log.warning("cannot write the status of %s %s/%s: %s", kind.kind, *key,
+                            translate_error(exc, "update", f"{kind.plural}/status", key[0],
                                             key[1]))
                 return False
             self.status_writes += 1
             with self._lock:
-                if key in self._state and self._newer(key, written):
-                    self._objects[key] = written
+                if key in (self._state if kind is _VA else self._groups) \
+                        and _newer(objects, key, written):
+                    objects[key] = written
             return True
-        log.warning("status of %s %s/%s kept changing under us; next reconcile", KIND, *key)
+        log.warning("status of %s %s/%s kept changing under us; next reconcile", kind.kind,
+                    *key)
         return False
 
-    def _refresh(self, key: tuple[str, str]) -> bool:
+    def _refresh(self, kind: _Kind, key: tuple[str, str]) -> bool:
         try:
             fresh = _as_dict(self._custom.get_namespaced_custom_object(
-                GROUP, VERSION, key[0], PLURAL, key[1], _request_timeout=self.request_timeout_s))
+                GROUP, VERSION, key[0], kind.plural, key[1],
+                _request_timeout=self.request_timeout_s))
         except CLIENT_ERRORS:
             return False
         with self._lock:
-            if key not in self._state:
+            if key not in (self._state if kind is _VA else self._groups):
                 return False
-            self._objects[key] = fresh
+            (self._objects if kind is _VA else self._group_objects)[key] = fresh
         return True
 
     # ------------------------------------------------------------------ events
@@ -732,6 +962,39 @@ class VariantAutoscalerController:
                         translate_error(exc, "create", "events.events.k8s.io", ns))
 
 
+def _newer(objects: Mapping[tuple[str, str], Mapping[str, Any]], key: tuple[str, str],
+           obj: Mapping[str, Any]) -> bool:
+    """Whether `obj` is at least as new as the copy held (resourceVersions compared as the
+    integers the API server hands out; an unreadable one counts as newer)."""
+    old = objects.get(key)
+    if old is None:
+        return True
+    try:
+        return int(obj["metadata"]["resourceVersion"]) >= int(
+            old["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return True
+
+
+def _conditions(wanted: Mapping[str, tuple[str, str, str]], current: Mapping[str, Any],
+                generation: int) -> list[dict[str, Any]]:
+    """Conditions in `CONDITION_TYPES` order; a condition's lastTransitionTime changes only
+    when its status does."""
+    old = {c.get("type"): c for c in (current.get("conditions") or [])
+           if isinstance(c, dict)}
+    out = []
+    for ctype in CONDITION_TYPES:
+        if ctype not in wanted:
+            continue
+        cstatus, reason, message = wanted[ctype]
+        prev = old.get(ctype) or {}
+        since = prev.get("lastTransitionTime") if prev.get("status") == cstatus else None
+        out.append({"type": ctype, "status": cstatus, "reason": reason,
+                    "message": truncate_utf8(message, 4096), "observedGeneration": generation,
+                    "lastTransitionTime": since or now_rfc3339()})
+    return out
+
+
 def _as_dict(answer: object) -> dict[str, Any]:
     """A custom-object answer (the client returns the decoded JSON), checked."""
     if not isinstance(answer, dict):
@@ -759,5 +1022,6 @@ def _refusal(rec: DecisionRecord) -> str | None:
     return "FailedRescale"
 
 
-__all__ = ["API_VERSION", "GROUP", "KIND", "PLURAL", "SpecError",
-           "VariantAutoscalerController", "origin_of", "variant_config"]
+__all__ = ["API_VERSION", "GROUP", "GROUP_KIND", "GROUP_PLURAL", "KIND", "PLURAL",
+           "SpecError", "VariantAutoscalerController", "group_config", "group_origin_of",
+           "origin_of", "variant_config"]

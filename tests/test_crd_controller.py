@@ -349,7 +349,7 @@ def test_a_410_restarts_the_watch_from_a_fresh_list(expiring: Rig) -> None:
     rig.create(va("first"))
     rig.ctl.start()
     wait_for(lambda: "late" in rig.service.variants)
-    assert rig.ctl.expired == 1 and rig.ctl.lists >= 2
+    assert rig.ctl.expired[PLURAL] == 1 and rig.ctl.lists >= 2
     # The watch then follows changes as they happen.
     rig.create(va("third"))
     wait_for(lambda: "third" in rig.service.variants)
@@ -357,6 +357,15 @@ def test_a_410_restarts_the_watch_from_a_fresh_list(expiring: Rig) -> None:
     wait_for(lambda: "first" not in rig.service.variants)
     # New variants are trained as they appear, without waiting for the hourly pass.
     wait_for(lambda: rig.service.variants["third"].model is not None, 60)
+    # VariantGroups are watched alike: one appears, its members are planned together; it
+    # goes, they are planned alone.
+    rig.create(va("m1", group="pair"))
+    rig.create(va("m2", group="pair"))
+    rig.objects.create_namespaced_custom_object(GROUP, VERSION, NS, GROUPS, vg("pair"))
+    wait_for(lambda: rig.service.group_of("m2") is not None)
+    wait_for(lambda: group_status(rig, "pair").get("memberCount") == 2)
+    rig.objects.delete_namespaced_custom_object(GROUP, VERSION, NS, GROUPS, "pair")
+    wait_for(lambda: rig.service.group_of("m2") is None)
 
 
 def test_watch_errors_back_off_and_recover(rig: Rig) -> None:
@@ -402,3 +411,117 @@ def test_a_restart_serves_a_resource_variant_its_stored_model_without_retraining
         assert again.get("a")["status"]["state"] == "predictive"
     finally:
         again.ctl.stop()
+
+
+# ---------------------------------------------------------------------------- groups
+GROUPS = "variantgroups"
+
+
+def vg(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VariantGroup",
+            "metadata": {"name": name, "namespace": NS}, "spec": spec}
+
+
+def l4_profile(gpus: int, quality: float) -> dict[str, Any]:
+    return {"capacityRps": 10.0, "coldStartS": 120, "gpuType": "L4", "gpusPerReplica": gpus,
+            "quality": quality}
+
+
+def group_status(rig: Rig, name: str) -> dict[str, Any]:
+    got: dict[str, Any] = rig.objects.get_namespaced_custom_object(  # type: ignore[assignment]
+        GROUP, VERSION, NS, GROUPS, name)
+    return dict(got.get("status") or {})
+
+
+def replicas(rig: Rig, name: str) -> int:
+    dep = rig.api.deployment(NS, name)
+    assert dep is not None
+    return int(dep["spec"]["replicas"])
+
+
+def group_writes(rig: Rig, name: str) -> int:
+    return sum(1 for r in rig.api.requests_log if r.method == "PUT"
+               and r.path.endswith(f"/{GROUPS}/{name}/status"))
+
+
+def test_a_variant_group_plans_its_members_together_until_it_is_deleted(rig: Rig) -> None:
+    rig.create(va("big", group="chat", profile=l4_profile(2, 0.9)))
+    rig.create(va("small", group="chat", profile=l4_profile(1, 0.7)))
+    rig.create(va("broken", group="chat", scaleTargetRef={
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "r"}))
+    rig.ctl.resync(NS)
+    assert "spec.group 'chat': no VariantGroup 'chat' in namespace llm-serving, planned on " \
+        "its own" in rig.condition("big")["message"]
+    rig.objects.create_namespaced_custom_object(GROUP, VERSION, NS, GROUPS, vg(
+        "chat", qualityFloor=0.8, gpuQuotas={"L4": 8}))
+    rig.ctl.resync_groups(NS)
+    chat = rig.service.group_of("big")
+    assert chat is not None and chat.variants == ["big", "small"]
+    assert (chat.quality_floor, chat.gpu_quotas) == (0.8, {"L4": 8})
+    status = group_status(rig, "chat")
+    assert (status["members"], status["memberCount"], status["observedGeneration"]) == (
+        ["big", "small"], 2, 1)
+    (missing,) = status["missingMembers"]
+    assert missing["name"] == "broken" and missing["reason"].startswith("InvalidScaleTarget")
+    (ready,) = status["conditions"]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "True", "Planned")
+    assert "missing: broken (InvalidScaleTarget" in ready["message"]
+    assert "planned in VariantGroup 'chat' with 2 members" in rig.condition("big")["message"]
+    # Decisions honour the group's quota; the plan routes the group's load and says so.
+    rig.service.retrain()
+    rig.service.reconcile()
+    gpus = 2 * replicas(rig, "big") + replicas(rig, "small")
+    assert gpus <= 8
+    assert any(r.startswith("AtGpuQuota") and "group chat's L4 quota 8 GPUs" in r
+               for r in rig.get("small")["status"]["lastReasons"])
+    (scaled,) = [e for e in rig.events("small") if e["reason"] == "SuccessfulRescale"]
+    assert "AtGpuQuota: group chat's L4 quota 8 GPUs" in scaled["note"]
+    status = group_status(rig, "chat")
+    assert status["routingWeights"]["big"] == 1.0  # small is under the quality floor
+    assert status["unservedRps"] >= 0
+    writes = group_writes(rig, "chat")
+    rig.service.reconcile()  # same clock and load: the same plan, nothing to write
+    rig.ctl.resync_groups(NS)
+    assert group_writes(rig, "chat") == writes
+    # Deleted: the members are planned independently (no group quota) from the next pass.
+    rig.objects.delete_namespaced_custom_object(GROUP, VERSION, NS, GROUPS, "chat")
+    rig.ctl.resync_groups(NS)
+    assert rig.service.group_of("big") is None and rig.service.groups == []
+    assert "no VariantGroup 'chat'" in rig.condition("big")["message"]
+    rig.clock["now"] += 120  # past the scale-up rate limit's period
+    rig.service.reconcile()
+    gpus = 2 * replicas(rig, "big") + replicas(rig, "small")
+    assert gpus > 8
+    assert not any(r.startswith("AtGpuQuota") for r in rig.get("small")["status"]["lastReasons"])
+
+
+def test_a_group_the_file_declares_and_a_group_of_one_are_refused_with_field_and_value(
+        rig: Rig) -> None:
+    raw = rig.service.config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["variants"].append({**raw["variants"][0], "name": "filew",
+                            "deployment": {"namespace": NS, "name": "filew"}})
+    raw["groups"] = [{"name": "shared", "variants": ["filev", "filew"]}]
+    rig.api.seed_deployment(NS, "filew", replicas=1)
+    rig.service.apply_config(parse_config(raw))
+    rig.create(va("a", group="shared"))
+    rig.create(va("b", group="lonely"))
+    rig.ctl.resync(NS)
+    for name in ("shared", "lonely"):
+        rig.objects.create_namespaced_custom_object(GROUP, VERSION, NS, GROUPS, vg(name))
+    rig.ctl.resync_groups(NS)
+    (shared,) = group_status(rig, "shared")["conditions"]
+    assert (shared["status"], shared["reason"]) == ("False", "NameConflict")
+    assert shared["message"].startswith("metadata.name: a group of this name is declared by "
+                                        "forescale's config file")
+    assert shared["message"].endswith("(got 'shared')")
+    assert [g.name for g in rig.service.groups] == ["shared"]  # the file's, unchanged
+    assert rig.service.groups[0].variants == ["filev", "filew"]
+    (lonely,) = group_status(rig, "lonely")["conditions"]
+    assert (lonely["status"], lonely["reason"]) == ("False", "TooFewMembers")
+    assert "found: b" in lonely["message"]
+    assert "the group is not planned (TooFewMembers)" in rig.condition("b")["message"]
+    # A second member appears: the group is planned.
+    rig.create(va("c", group="lonely"))
+    rig.ctl.resync(NS)
+    assert group_status(rig, "lonely")["members"] == ["b", "c"]
+    assert rig.service.group_of("c") is not None

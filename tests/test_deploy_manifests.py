@@ -141,6 +141,8 @@ EXPECTED_SCALER_RULES = {
     ("apps", "statefulsets/scale"): {"get", "patch"},
     ("forescale.io", "variantautoscalers"): {"get", "list", "watch"},
     ("forescale.io", "variantautoscalers/status"): {"update"},
+    ("forescale.io", "variantgroups"): {"get", "list", "watch"},
+    ("forescale.io", "variantgroups/status"): {"update"},
     ("", "configmaps"): {"get"},
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch"},
     ("events.k8s.io", "events"): {"create", "patch"},
@@ -171,6 +173,19 @@ def test_rbac_has_no_wildcards_and_no_non_resource_urls() -> None:
 def test_scaler_role_grants_exactly_the_expected_verbs() -> None:
     role = one(_roles(), "ClusterRole", "forescale-scaler")
     assert _grants(role) == EXPECTED_SCALER_RULES
+
+
+def test_forescale_objects_are_read_and_only_their_status_written() -> None:
+    """Users own VariantAutoscalers and VariantGroups (Git, Argo CD): forescale never writes
+    their spec or deletes them, and writes status with update only (no patch)."""
+    for role in _roles():
+        for (group, res), verbs in _grants(role).items():
+            if group != "forescale.io":
+                continue
+            if res.endswith("/status"):
+                assert verbs == {"update"}, f"{role['metadata']['name']} {res} {verbs}"
+            else:
+                assert verbs <= {"get", "list", "watch"}, f"{role['metadata']['name']} {res}"
 
 
 def test_deployments_change_only_through_the_scale_subresource() -> None:
