@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -154,7 +155,10 @@ def test_constant_demand_never_oscillates_and_settles(policy: ScalingPolicy,
                                                       data: st.DataObject, cap: float,
                                                       level: float, dt: float) -> None:
     current = data.draw(st.integers(policy.min_replicas, policy.max_replicas))
-    steps = 200
+    # Long enough for the slowest policy drawn to walk the whole range: 30 replicas down one
+    # pod per 120 s after a 600 s window, then 10 steps to show it settled (200 fixed steps
+    # were 2,000 s at 10 s a step, short of 17 pods at one per 111 s).
+    steps = math.ceil((30 * 120.0 + 600.0) / dt) + 10
     seq = [current] + [d.replicas for _, d in run(policy, [level] * steps, [dt] * steps,
                                                   current, cap)]
     diffs = np.diff(seq)
