@@ -10,9 +10,7 @@ Deployment while the live load is still at its base level.
 from __future__ import annotations
 
 import math
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +24,7 @@ from controller.config import Behaviour
 from forecaster.trace import TraceSeries
 from tests.conftest import REPO, free_port
 from tests.support.k8s_emulator import K8sEmulator, rules_from_manifests
-from tests.support.proc import stop_process
+from tests.support.proc import serving
 from tests.support.prom import PrometheusServer, build_blocks, model_series
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -79,19 +77,9 @@ def stack(tmp_path: Path) -> Iterator[dict[str, object]]:
                     {"type": "Pods", "value": 20, "periodSeconds": 60}]}},
                 "min_replicas": 2, "max_replicas": 30}],
         }
-        cfg_path = tmp_path / "forescale.yaml"
-        cfg_path.write_text(yaml.safe_dump(cfg))
-        log_path = tmp_path / "forescale.log"
-        with log_path.open("w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "controller.cli", "serve", "--config", str(cfg_path)],
-                stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "KUBECONFIG": str(kubeconfig)})
-            try:
-                yield {"k8s": k8s, "url": f"http://127.0.0.1:{port}", "proc": proc,
-                       "log": log_path, "end": end}
-            finally:
-                stop_process(proc)
+        with serving(cfg, tmp_path, kubeconfig) as (proc, log_path):
+            yield {"k8s": k8s, "url": f"http://127.0.0.1:{port}", "proc": proc,
+                   "log": log_path, "end": end}
 
 
 def test_deployment_is_scaled_before_the_burst_arrives(stack: dict[str, object]) -> None:

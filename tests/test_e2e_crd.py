@@ -13,9 +13,7 @@ left alone.
 from __future__ import annotations
 
 import math
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +27,7 @@ from kubernetes import client
 from controller.config import Behaviour
 from tests.conftest import REPO, free_port
 from tests.support.k8s_emulator import K8sEmulator, rules_from_manifests
-from tests.support.proc import stop_process
+from tests.support.proc import serving
 from tests.support.prom import PrometheusServer, build_blocks, model_series
 from tests.test_e2e import BASE, BURST, BURST_IN_S, CAPACITY, STEP, burst_history, rbac_documents
 
@@ -74,19 +72,9 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
             "kubernetes": {"custom_resources": {"enabled": True, "namespaces": [NS],
                                                 "resync_s": 10}},
         }
-        cfg_path = tmp_path / "forescale.yaml"
-        cfg_path.write_text(yaml.safe_dump(cfg))
-        log_path = tmp_path / "forescale.log"
-        with log_path.open("w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "controller.cli", "serve", "--config", str(cfg_path)],
-                stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "KUBECONFIG": str(kubeconfig)})
-            try:
-                yield {"k8s": k8s, "url": f"http://127.0.0.1:{port}", "proc": proc,
-                       "log": log_path, "end": end}
-            finally:
-                stop_process(proc)
+        with serving(cfg, tmp_path, kubeconfig) as (proc, log_path):
+            yield {"k8s": k8s, "url": f"http://127.0.0.1:{port}", "proc": proc,
+                   "log": log_path, "end": end}
 
 
 def wait_for(what: str, check: Callable[[], bool], proc: subprocess.Popen[bytes],
