@@ -236,9 +236,8 @@ def _replay_windows(cal: QuantileCalibrator, windows: list[tuple[dict[float, flo
 def test_volatile_hours_get_the_headroom_and_attainment_holds_on_unseen_weeks() -> None:
     """The service asks the calibrator for its budget less the margin it keeps against
     estimation error (`CALIBRATION_MARGIN`). Calibrated on one week and run on the next
-    three, the quantiles by volatility keep the misses within the SLO's budget on average over
-    independent weeks (one week's choice can be unlucky, as the single quantile's is) while
-    the calm hours stop paying for the volatile ones."""
+    three, the quantiles by volatility keep the misses within the SLO's budget over
+    independent weeks while the calm hours stop paying for the volatile ones."""
     budget = 0.01
     target = budget * (1.0 - CALIBRATION_MARGIN)
     misses, ratios = [], []
@@ -254,15 +253,16 @@ def test_volatile_hours_get_the_headroom_and_attainment_holds_on_unseen_weeks() 
         assert single is not None and single.groups is None
         qs = grouped.groups.quantiles
         # Calm windows get little headroom, volatile ones more; never less when more volatile.
-        assert list(qs) == sorted(qs) and qs[0] < 0.8 < 0.9 < qs[-1]
+        assert list(qs) == sorted(qs) and qs[0] < 0.85 < 0.9 < qs[-1]
         assert "by recent volatility" in grouped.reason and grouped.estimated_miss <= target
         cost_g, miss_g = _replay_windows(by_vol, unseen, grouped.groups.at)
         cost_1, _ = _replay_windows(one, unseen, lambda _v, q=single.quantile: q)
         misses.append(miss_g)
         ratios.append(cost_g / cost_1)
-    assert float(np.mean(misses)) <= budget, misses
-    assert max(misses) <= 1.25 * budget, misses
-    assert float(np.mean(ratios)) < 0.93 and max(ratios) < 1.0, ratios
+    # Cross-fitted, the choice keeps every unseen stretch within budget (one quantile for
+    # every window overshot it on one of these four), at 5-10% less provisioned demand.
+    assert max(misses) <= budget, misses
+    assert float(np.mean(ratios)) < 0.95 and max(ratios) < 1.0, ratios
 
 
 def test_one_group_when_the_volatility_says_nothing_new() -> None:
