@@ -481,12 +481,15 @@ class Service:
                                        for t, a, b in data.get("scale_events", [])))
                 quantile = float(data["quantile"]) if "quantile" in data else None
                 cold_starts = [float(c) for c in data.get("cold_starts", [])]
+                cap = data.get("capacity")
+                capacity = None if cap is None else (float(cap[0]), float(cap[1]),
+                                                     int(cap[2]))
                 records = [DecisionRecord(**{**rec, "reasons": tuple(rec["reasons"])})
                            for rec in data.get("log", [])]
-            except (TypeError, ValueError, KeyError) as exc:
+            except (TypeError, ValueError, KeyError, IndexError) as exc:
                 log.error("saved state of %s is malformed (%s): ignored", name, exc)
                 continue
-            rt.policy.restore(scaling, quantile, cold_starts)
+            rt.policy.restore(scaling, quantile, cold_starts, capacity)
             rt.log.extend(records)
             rt.last = rt.log[-1] if rt.log else None
         log.info("restored state of %d variant(s)", len(saved.get("variants") or {}))
@@ -501,6 +504,7 @@ class Service:
                 "current": rt.scaling.current_replicas,
                 "quantile": rt.policy.quantile,
                 "cold_starts": list(rt.policy.cold_start.snapshot()),
+                "capacity": list(rt.policy.capacity_snapshot()),
                 "recommendations": [list(r) for r in rt.scaling.recommendations],
                 "scale_events": [list(e) for e in rt.scaling.scale_events],
                 "log": [asdict(r) for r in list(rt.log)[-PERSISTED_LOG_SIZE:]],

@@ -273,13 +273,28 @@ class VariantPolicy:
         return self.accuracy.fallback_active
 
     def restore(self, scaling: ScalingState, quantile: float | None,
-                cold_starts: Sequence[float] = ()) -> None:
+                cold_starts: Sequence[float] = (),
+                capacity: tuple[float, float, int] | None = None) -> None:
         """State saved by an earlier process (stabilisation windows, the tuned quantile, the
-        measured cold starts)."""
+        measured cold starts, the capacity correction as (profile capacity it corrected,
+        factor, observations)). A correction of another profile's capacity, or outside the
+        correction's bounds, is not taken: the profile was re-measured, or the file is not
+        what this process wrote."""
         self.scaling = scaling
         if quantile is not None:
             self.headroom.quantile = quantile
         self.cold_start.samples.extend(c for c in cold_starts if 0 <= c <= MAX_COLD_START_S)
+        bounds = CorrectionConfig()
+        if capacity is not None and capacity[0] == self.settings.capacity_rps \
+                and bounds.min_factor <= capacity[1] <= bounds.max_factor:
+            self.capacity_state = CorrectionState(capacity[1], max(0, capacity[2]))
+            self.capacity_reason = (f"restored x{capacity[1]:.2f} of the profile's capacity "
+                                    f"from the saved state ({capacity[2]} observations)")
+
+    def capacity_snapshot(self) -> tuple[float, float, int]:
+        """The capacity correction as `restore` takes it."""
+        return (self.settings.capacity_rps, self.capacity_state.factor,
+                self.capacity_state.samples)
 
     def usable(self, fc: Forecast) -> bool:
         """Whether every value of the forecast is finite (checked once per forecast: the

@@ -6,6 +6,7 @@ each test isolates one fault.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,32 @@ def test_restart_keeps_the_stabilisation_window(tmp_path: Path) -> None:
     rec = second.reconcile()[0]
     assert rec.desired == high, rec.reasons
     assert "ScaleDownStabilized" in {r["code"] for r in rec.reasons}
+
+
+def test_restart_keeps_the_capacity_correction_of_the_same_profile(tmp_path: Path) -> None:
+    """What the live fleet taught about capacity survives a restart; a state file whose
+    correction was of another profile's capacity (re-measured since) is not taken."""
+    from models.capacity import CorrectionState
+
+    load = daily_load(level=10.0)
+    store = FileStateStore(tmp_path / "state.json")
+    now = T0 + 3 * 86_400
+    first = make_service(load, now, replicas=4, store=store)
+    first.retrain()
+    first.reconcile()
+    policy = first.variants["v"].policy
+    policy.capacity_state = CorrectionState(0.8, 12)
+    first.persist()
+    second = make_service(load, now + 60, replicas=4, store=store)
+    restored = second.variants["v"].policy
+    assert restored.capacity_rps == pytest.approx(0.8 * policy.settings.capacity_rps)
+    assert restored.capacity_reason.startswith("restored x0.80")
+    # Another profile: the saved factor corrected a different number.
+    data = json.loads((tmp_path / "state.json").read_text())
+    data["variants"]["v"]["capacity"][0] *= 2
+    (tmp_path / "state.json").write_text(json.dumps(data))
+    third = make_service(load, now + 120, replicas=4, store=store)
+    assert third.variants["v"].policy.capacity_state.factor == 1.0
 
 
 @pytest.mark.parametrize(("cold_start_s", "explicit", "held_at"), [
