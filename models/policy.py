@@ -123,17 +123,18 @@ def nowcast(qs: dict[float, FloatArray], live_rps: float, elapsed_s: float, step
 
 
 def interval_misses(live: LiveSignals | None, ready: int, settings: PolicySettings,
-                    capacity_rps: float | None = None) -> tuple[float, float | None]:
+                    capacity_rps: float) -> tuple[float, float | None]:
     """(requests, missed requests) of the interval ending now, from the live signals.
 
     The wait a request meets is the queue over the ready fleet's service rate (what a TTFT
-    histogram would show): over the SLO's slack, the interval's requests count as missed. A
+    histogram would show; `capacity_rps` is per replica as decisions use it, corrected by the
+    live fleet): over the SLO's slack, the interval's requests count as missed. A
     TTFT p95 over the SLO without a queue estimate means at least 5% missed. Unknown: None.
     """
     if live is None or live.request_rate is None or not math.isfinite(live.request_rate):
         return 0.0, None
     requests = live.request_rate * settings.interval_s
-    serving = ready * (settings.capacity_rps if capacity_rps is None else capacity_rps)
+    serving = ready * capacity_rps
     if live.queue_depth is not None and math.isfinite(live.queue_depth):
         wait = live.queue_depth / serving if serving > 0 else (
             math.inf if live.queue_depth > 0 else 0.0)

@@ -119,25 +119,29 @@ class AccuracyTracker:
     min_samples: int = 12
 
     def __post_init__(self) -> None:
-        self._pending: dict[float, tuple[float, float, dict[str, float]]] = {}
-        self._errors: deque[tuple[float, dict[str, float], float]] = deque(maxlen=self.window)
+        # Baselines are keyed by how many windows they average: 1 is naive.
+        self._pending: dict[float, tuple[float, float, dict[int, float]]] = {}
+        self._errors: deque[tuple[float, dict[int, float], float]] = deque(maxlen=self.window)
         #: Loads of the windows scored so far, newest last (for the window averages).
         self._loads: deque[float] = deque(maxlen=max(WINDOW_AVERAGE_KS))
         self.fallback_active = False
-        #: The baseline with the least error over the window ("naive" before any score).
-        self.best_baseline = "naive"
+        #: Windows averaged by the baseline with the least error over the window (1: naive,
+        #: also before any score).
+        self.best_k = 1
         self.misses = 0
         #: (provisioned, actual) of the most recently scored window.
         self.last_scored: tuple[float, float] | None = None
 
-    def baselines(self, last: float) -> dict[str, float]:
-        """Each baseline's forecast of the next window, `last` being the newest load."""
+    @property
+    def best_baseline(self) -> str:
+        """The best baseline's name, as the backtest names it."""
+        return "naive" if self.best_k == 1 else f"window_average({self.best_k})"
+
+    def baselines(self, last: float) -> dict[int, float]:
+        """Each baseline's forecast of the next window by the windows it averages (1 is
+        naive), `last` being the newest load."""
         loads = [*self._loads, last]
-        out = {"naive": last}
-        for k in WINDOW_AVERAGE_KS:
-            if len(loads) >= k:
-                out[f"window_average({k})"] = sum(loads[-k:]) / k
-        return out
+        return {k: sum(loads[-k:]) / k for k in (1, *WINDOW_AVERAGE_KS) if len(loads) >= k}
 
     def expect(self, ts: float, p50: float, provisioned: float, naive: float) -> None:
         """Remember what was predicted for the window starting at `ts`, and what each
@@ -163,22 +167,21 @@ class AccuracyTracker:
         if len(self._errors) >= self.min_samples:
             model_err = sum(e[0] for e in self._errors)
             # A baseline counts once it has forecast every window of the record.
-            totals: dict[str, float] = {}
-            for name in self._errors[-1][1]:
-                if all(name in e[1] for e in self._errors):
-                    totals[name] = sum(e[1][name] for e in self._errors)
-            self.best_baseline = min(totals, key=lambda k: (totals[k], k))
-            best = totals[self.best_baseline]
+            totals: dict[int, float] = {}
+            for k in self._errors[-1][1]:
+                if all(k in e[1] for e in self._errors):
+                    totals[k] = sum(e[1][k] for e in self._errors)
+            self.best_k = min(totals, key=lambda k: (totals[k], k))
+            best = totals[self.best_k]
             self.fallback_active = model_err > self.margin * best and model_err > 0
         return miss
 
     def centre(self, live_rps: float) -> float:
         """Where the fallback centres demand: the live load when naive is the best
         baseline, else that window average of the completed windows."""
-        if self.best_baseline == "naive" or not self._loads:
+        if self.best_k == 1 or not self._loads:
             return live_rps
-        k = int(self.best_baseline.split("(")[1].rstrip(")"))
-        loads = list(self._loads)[-k:]
+        loads = list(self._loads)[-self.best_k:]
         return sum(loads) / len(loads)
 
     @property
